@@ -1,0 +1,24 @@
+"""jpq_jax: joint channel pruning and channel-wise mixed-precision quantization search in JAX/Flax.
+
+The public API, re-exported here:
+
+* search-space layers (:mod:`jpq_jax.layers`): :class:`Ctx`, :class:`QTensor`, :class:`SearchSpace`,
+  :class:`Group`, :class:`InputQuantizer`, :class:`Conv`, :class:`Dense`, :class:`Add`;
+* quantizers (:mod:`jpq_jax.quant`) and precision choices (:mod:`jpq_jax.choice`);
+* the static layer table (:func:`trace_table`), theta per group (:func:`thetas`), freezing
+  (:func:`freeze`) and conversion of a float model to search form (:func:`to_search`).
+"""
+
+from jpq_jax import choice, quant
+from jpq_jax.arch import GroupTheta, freeze, precision_summary, thetas
+from jpq_jax.layers import (MODES, Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor,
+                            SearchSpace)
+from jpq_jax.table import GroupRecord, LayerRecord, LayerTable, trace_table
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
+    "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
+    "precision_summary", "quant", "thetas", "trace_table",
+]

@@ -1,0 +1,142 @@
+"""Precision choices: from trainable logits to the mixing coefficients ``theta``.
+
+Each sharing group owns weight logits ``alpha_w`` of shape ``(n_wbits, C)`` (or ``(n_wbits,)`` for
+layer-wise search) and activation logits ``alpha_a`` of shape ``(n_abits,)``. ``theta`` is a
+distribution over the precision axis (axis 0). METHOD.md §2.1-2.4.
+
+The temperature is always an array argument (never a Python constant folded into a compile) so that
+one compiled step serves every epoch of the annealing schedule and every member of a sweep.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "SAMPLINGS",
+    "validate_precisions",
+    "init_logits",
+    "sample_theta",
+    "argmax_onehot",
+    "group_key",
+]
+
+# Sampling methods in training mode (METHOD.md §2.3):
+#   softmax      theta = softmax(alpha / T)                       (reference default)
+#   hard         theta = STE-argmax(softmax(alpha / T))
+#   gumbel       theta = softmax((alpha + g) / T), g ~ Gumbel(0,1)
+#   gumbel_hard  one-hot forward of the Gumbel sample, soft gradient
+# Evaluation mode always uses the straight-through one-hot argmax of softmax(alpha / T).
+SAMPLINGS = ("softmax", "hard", "gumbel", "gumbel_hard")
+
+
+def validate_precisions(precisions: Sequence[int], what: str, allow_zero: bool = True) -> tuple:
+  """Check a precision set and return it as a tuple of ints.
+
+  Args:
+    precisions: bit-widths, e.g. ``(0, 2, 4, 8)``.
+    what: name used in error messages (e.g. ``"weight precisions of group 'g1'"``).
+    allow_zero: whether 0 (= pruned) is allowed.
+
+  Returns:
+    ``tuple(int)`` in the given order (row ``i`` of the logits is ``precisions[i]``).
+
+  Raises:
+    ValueError: empty, repeated, non-integer, negative or above 32 bits, or 0 where not allowed.
+  """
+  try:
+    ps = tuple(precisions)
+  except TypeError:
+    raise ValueError(f"{what}: expected a sequence of bit-widths, got {precisions!r}") from None
+  if not ps:
+    raise ValueError(f"{what}: the precision set is empty; give at least one bit-width, e.g. (8,)")
+  out = []
+  for p in ps:
+    if isinstance(p, bool) or not float(p).is_integer():
+      raise ValueError(f"{what}: unknown precision {p!r}; bit-widths are integers such as 0, 2, 4, 8")
+    p = int(p)
+    if p < 0 or p > 32:
+      raise ValueError(f"{what}: unknown precision {p}; bit-widths must lie in 0..32")
+    out.append(p)
+  if len(set(out)) != len(out):
+    raise ValueError(f"{what}: repeated precision in {tuple(out)}; list each bit-width once")
+  if not allow_zero and 0 in out:
+    raise ValueError(f"{what}: 0 bits (pruning) is not allowed here, got {tuple(out)}")
+  if max(out) == 0:
+    raise ValueError(f"{what}: at least one non-zero bit-width is needed, got {tuple(out)}")
+  return tuple(out)
+
+
+def init_logits(precisions: Sequence[int], channels: Optional[int] = None) -> jax.Array:
+  """Reference initialisation ``alpha[i] = p_i / max(p)`` (not uniform; METHOD.md §2.1).
+
+  Args:
+    precisions: bit-widths.
+    channels: if given, logits of shape ``(n, channels)`` (channel-wise); else ``(n,)``.
+
+  Returns:
+    float32 logits.
+  """
+  p = jnp.asarray(precisions, jnp.float32)
+  a = p / jnp.max(p)
+  if channels is not None:
+    a = jnp.broadcast_to(a[:, None], (p.shape[0], channels))
+  return a
+
+
+def argmax_onehot(theta_soft: jax.Array) -> jax.Array:
+  """One-hot of the argmax along axis 0 with a straight-through (identity) gradient."""
+  idx = jnp.argmax(theta_soft, axis=0)
+  onehot = jax.nn.one_hot(idx, theta_soft.shape[0], axis=0, dtype=theta_soft.dtype)
+  return theta_soft + jax.lax.stop_gradient(onehot - theta_soft)
+
+
+def group_key(key: jax.Array, group_name: str) -> jax.Array:
+  """Deterministic per-group PRNG key: every layer of a group sees the same Gumbel sample."""
+  return jax.random.fold_in(key, zlib.crc32(group_name.encode()) & 0x7FFFFFFF)
+
+
+def sample_theta(alpha: jax.Array,
+                 temperature: jax.Array,
+                 *,
+                 train: bool,
+                 sampling: str = "softmax",
+                 key: Optional[jax.Array] = None) -> jax.Array:
+  """Mixing coefficients over the precision axis (axis 0) from logits.
+
+  Args:
+    alpha: logits, shape ``(n,)`` or ``(n, C)``.
+    temperature: scalar array T (> 0).
+    train: training mode (relaxed, per ``sampling``) or evaluation mode (one-hot argmax, STE).
+    sampling: one of :data:`SAMPLINGS`.
+    key: PRNG key, required by the Gumbel samplings in training mode.
+
+  Returns:
+    ``theta`` with the shape of ``alpha``, summing to 1 along axis 0.
+
+  Raises:
+    ValueError: unknown sampling, or Gumbel sampling without a key.
+  """
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLINGS}")
+  temperature = jnp.asarray(temperature, alpha.dtype)
+  soft = jax.nn.softmax(alpha / temperature, axis=0)
+  if not train:
+    return argmax_onehot(soft)
+  if sampling == "softmax":
+    return soft
+  if sampling == "hard":
+    return argmax_onehot(soft)
+  if key is None:
+    raise ValueError(f"sampling={sampling!r} needs a PRNG key (Ctx.key) in training mode")
+  g = jax.random.gumbel(key, alpha.shape, alpha.dtype)
+  # torch.nn.functional.gumbel_softmax: softmax((logits + g) / tau); the logits are NOT divided by
+  # T beforehand (tau plays that role).
+  gsoft = jax.nn.softmax((alpha + g) / temperature, axis=0)
+  if sampling == "gumbel":
+    return gsoft
+  return argmax_onehot(gsoft)

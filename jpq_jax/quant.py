@@ -1,0 +1,242 @@
+"""Fake quantizers with the reference's exact forward and backward passes.
+
+Every function here reproduces PLiNIO @ 2e1a4353 (the version the paper's scripts pin) to float32
+precision; see METHOD.md §3 and §14 and the golden vectors in ``shared/golden/quantizers.json``.
+
+* :func:`quantize_weight` -- per-output-channel symmetric min-max, round half to even, upper clip only,
+  identity straight-through gradient (also at 0 bits, whose forward is all zeros).
+* :func:`pact` -- unsigned PACT: ``floor(k * clamp(x, 0, clip)) / k`` with ``k = (2^b-1)/(clip+1e-3)``.
+* :func:`pact_signed` -- signed PACT with two trainable clips (the speech input quantizer).
+* :func:`quantize_bias` -- the 32-bit bias quantizer with scale ``s_a * s_w``.
+
+Layouts: weights have their *output channel on the last axis* (Flax HWIO / ``(in, out)``), activations
+are arbitrary arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "weight_scale",
+    "quantize_weight",
+    "weight_codes",
+    "pact",
+    "pact_signed",
+    "pact_scale",
+    "pact_signed_scale",
+    "quantize_bias",
+]
+
+# PACT adds this to the clip in its forward scale (reference quirk, METHOD.md §3.2).
+PACT_EPS = 1e-3
+
+
+def exact_div(x: jax.Array, c: float) -> jax.Array:
+  """``x / c`` computed as a true IEEE division, as the reference does.
+
+  XLA rewrites ``A / broadcast(b)`` (a constant, or any scalar/vector broadcast to A's shape) into
+  ``A * broadcast(1 / b)``, which is off by one ulp often enough to move a round-half-to-even tie to
+  the other code (e.g. ``-max|W| / s`` must be exactly ``-1.5`` at 2 bits). Broadcasting the divisor
+  to the full shape behind an optimisation barrier keeps the division a true division.
+
+  Args:
+    x: dividend.
+    c: Python or array divisor.
+
+  Returns:
+    ``x / c`` rounded once, like ``torch.div``.
+  """
+  x = jnp.asarray(x)
+  c = jnp.broadcast_to(jnp.asarray(c, dtype=x.dtype), x.shape)
+  return x / jax.lax.optimization_barrier(c)
+
+
+def _channel_absmax(w: jax.Array) -> jax.Array:
+  """max |W_c| over every axis but the last (the output channel), without gradient."""
+  w = jax.lax.stop_gradient(w)
+  return jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)))
+
+
+def weight_scale(w: jax.Array, bits: int) -> jax.Array:
+  """Per-output-channel scale of the symmetric min-max quantizer.
+
+  Args:
+    w: weight tensor, output channel on the last axis.
+    bits: bit-width (0 gives a scale of 0, as the reference defines it).
+
+  Returns:
+    Array of shape ``(C_out,)``: ``range_c / (2^bits - 1)`` with ``range_c = 2 max|W_c|`` (1 when 0).
+  """
+  m = _channel_absmax(w)
+  if bits == 0:
+    return jnp.zeros_like(m)
+  rng = 2.0 * m
+  rng = jnp.where(rng == 0, jnp.ones_like(rng), rng)
+  return exact_div(rng, 2.0**bits - 1.0)
+
+
+def weight_codes(w: jax.Array, bits: int) -> jax.Array:
+  """Integer codes of the min-max quantizer (as float array), ``clip(round(W/s), upper=2^(b-1)-1)``.
+
+  Args:
+    w: weight tensor, output channel last.
+    bits: bit-width > 0.
+
+  Returns:
+    Float array of the same shape holding integers in ``[-2^(b-1), 2^(b-1)-1]``.
+  """
+  if bits <= 0:
+    raise ValueError(f"weight_codes needs bits > 0, got {bits}")
+  s = weight_scale(w, bits)
+  w = jax.lax.stop_gradient(w)
+  # jnp.round rounds half to even, as torch.round does; the division must be exact (see exact_div).
+  return jnp.minimum(jnp.round(exact_div(w, s)), 2.0 ** (bits - 1) - 1.0)
+
+
+def quantize_weight(w: jax.Array, bits: int) -> jax.Array:
+  """Fake-quantize a weight tensor per output channel (symmetric min-max), with an identity STE.
+
+  Forward: ``q * s`` (see :func:`weight_codes`); at 0 bits all zeros. Backward: the incoming gradient
+  passes unchanged to ``w`` (no clipping mask, no gradient to the range), also at 0 bits.
+
+  Args:
+    w: weight tensor, output channel on the last axis.
+    bits: bit-width, 0 meaning pruned.
+
+  Returns:
+    The fake-quantized weight, same shape and dtype as ``w``.
+  """
+  if bits == 0:
+    q = jnp.zeros_like(w)
+  else:
+    q = weight_codes(w, bits) * weight_scale(w, bits)
+  return w + jax.lax.stop_gradient(q - w)
+
+
+def pact_scale(clip: jax.Array, bits: int) -> jax.Array:
+  """Activation scale ``clip / (2^b - 1)`` (no 1e-3; the one the bias quantizer uses)."""
+  return exact_div(clip, 2.0**bits - 1.0)
+
+
+def pact_signed_scale(clip_inf: jax.Array, clip_sup: jax.Array, bits: int) -> jax.Array:
+  """Activation scale ``(sup - inf) / (2^b - 1)`` of signed PACT."""
+  return exact_div(clip_sup - clip_inf, 2.0**bits - 1.0)
+
+
+def _pact_forward(x, clip, bits):
+  k = (2.0**bits - 1.0) / (clip + PACT_EPS)
+  return jnp.floor(k * jnp.clip(x, 0.0, clip)) / k
+
+
+@jax.custom_vjp
+def _pact(x, clip, bits_f):
+  return _pact_forward(x, clip, bits_f)
+
+
+def _pact_fwd(x, clip, bits_f):
+  return _pact_forward(x, clip, bits_f), (x, clip, bits_f)
+
+
+def _pact_bwd(res, g):
+  x, clip, bits_f = res
+  gx = jnp.where((x > 0) & (x < clip), g, jnp.zeros_like(g))
+  gclip = jnp.sum(jnp.where(x >= clip, g, jnp.zeros_like(g))).reshape(jnp.shape(clip)).astype(
+      jnp.result_type(clip))
+  return gx, gclip, jnp.zeros_like(bits_f)
+
+
+_pact.defvjp(_pact_fwd, _pact_bwd)
+
+
+def pact(x: jax.Array, clip: jax.Array, bits: int) -> jax.Array:
+  """Unsigned PACT fake quantization (reference semantics).
+
+  Forward ``floor(k * clamp(x, 0, clip)) / k`` with ``k = (2^bits - 1) / (clip + 1e-3)``.
+  Backward: ``dx = g`` where ``0 < x < clip`` (else 0); ``dclip = sum(g where x >= clip)``.
+
+  Args:
+    x: activations.
+    clip: scalar clip value (trainable).
+    bits: bit-width (> 0).
+
+  Returns:
+    Quantized activations, same shape as ``x``.
+  """
+  if bits <= 0:
+    raise ValueError(f"PACT needs bits > 0, got {bits}")
+  clip = jnp.asarray(clip, dtype=x.dtype)
+  return _pact(x, clip, jnp.asarray(float(bits), dtype=x.dtype))
+
+
+def _pact_signed_forward(x, inf, sup, bits):
+  k = (2.0**bits - 1.0) / (sup - inf + PACT_EPS)
+  return jnp.floor(k * jnp.clip(x, inf, sup)) / k
+
+
+@jax.custom_vjp
+def _pact_signed(x, inf, sup, bits_f):
+  return _pact_signed_forward(x, inf, sup, bits_f)
+
+
+def _pact_signed_fwd(x, inf, sup, bits_f):
+  return _pact_signed_forward(x, inf, sup, bits_f), (x, inf, sup, bits_f)
+
+
+def _pact_signed_bwd(res, g):
+  x, inf, sup, bits_f = res
+  zero = jnp.zeros_like(g)
+  gx = jnp.where((x > inf) & (x < sup), g, zero)
+  gsup = jnp.sum(jnp.where(x >= sup, g, zero)).reshape(jnp.shape(sup)).astype(jnp.result_type(sup))
+  ginf = jnp.sum(jnp.where(x <= inf, g, zero)).reshape(jnp.shape(inf)).astype(jnp.result_type(inf))
+  return gx, ginf, gsup, jnp.zeros_like(bits_f)
+
+
+_pact_signed.defvjp(_pact_signed_fwd, _pact_signed_bwd)
+
+
+def pact_signed(x: jax.Array, clip_inf: jax.Array, clip_sup: jax.Array, bits: int) -> jax.Array:
+  """Signed PACT (two trainable clips; the speech/ImageNet input quantizer).
+
+  Forward ``floor(k * clamp(x, inf, sup)) / k`` with ``k = (2^b - 1) / (sup - inf + 1e-3)`` (no
+  zero-point). Backward: ``x`` passes inside ``(inf, sup)``; ``dsup = sum(g where x >= sup)``;
+  ``dinf = sum(g where x <= inf)``.
+
+  Args:
+    x: activations.
+    clip_inf: lower clip (scalar).
+    clip_sup: upper clip (scalar).
+    bits: bit-width (> 0).
+
+  Returns:
+    Quantized activations.
+  """
+  if bits <= 0:
+    raise ValueError(f"signed PACT needs bits > 0, got {bits}")
+  return _pact_signed(x, jnp.asarray(clip_inf, x.dtype), jnp.asarray(clip_sup, x.dtype),
+                      jnp.asarray(float(bits), dtype=x.dtype))
+
+
+def quantize_bias(b: jax.Array, s_b: jax.Array) -> jax.Array:
+  """32-bit bias quantizer: ``s_b * round(b / s_b)`` (0 where ``s_b`` is close to 0).
+
+  The reference's backward is a straight-through estimator through *both* the division and the
+  rounding, so ``d out / d b = s_b`` and ``d out / d s_b = round(b / s_b)`` (the gradient reaches the
+  precision logits through ``s_b = s_a * s_w``). No clipping at 32 bits.
+
+  Args:
+    b: float bias, shape ``(C,)``.
+    s_b: bias scale, broadcastable to ``b``.
+
+  Returns:
+    The fake-quantized bias.
+  """
+  s_b = jnp.broadcast_to(s_b, b.shape)
+  # torch.isclose(s_b, 0): |s_b| <= atol (1e-8) + rtol * 0.
+  near0 = jnp.abs(s_b) <= 1e-8
+  safe = jnp.where(near0, jnp.ones_like(s_b), s_b)
+  rounded = jnp.where(near0, jnp.zeros_like(b), jnp.round(b / jax.lax.stop_gradient(safe)))
+  # STE through division and round: forward value `rounded`, gradient identity w.r.t. b.
+  scaled = b + jax.lax.stop_gradient(rounded - b)
+  return s_b * scaled
