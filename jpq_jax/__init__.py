@@ -11,6 +11,7 @@ The public API, re-exported here:
 
 from jpq_jax import choice, quant
 from jpq_jax.arch import GroupTheta, freeze, precision_summary, thetas
+from jpq_jax.fold import fold_batchnorm, to_fixed, to_search
 from jpq_jax.layers import (MODES, Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor,
                             SearchSpace)
 from jpq_jax.table import GroupRecord, LayerRecord, LayerTable, trace_table
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
-    "precision_summary", "quant", "thetas", "trace_table",
+    "precision_summary", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]

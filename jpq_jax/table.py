@@ -214,8 +214,20 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
     ctx = Ctx.search()
   x = jax.ShapeDtypeStruct(sample_input.shape, getattr(sample_input, "dtype", jnp.float32))
 
+  import flax.linen as nn
+
+  call_order: Dict[Tuple[str, ...], int] = {}
+
+  def _record_order(next_fun, args, kwargs, context):
+    # Records the order in which modules are first called: the table lists layers in call
+    # (topological) order rather than in the collection's alphabetical order.
+    path = tuple(context.module.scope.path) if context.module.scope is not None else ()
+    call_order.setdefault(path, len(call_order))
+    return next_fun(*args, **kwargs)
+
   def _init(x):
-    return model.init(jax.random.PRNGKey(0), x, ctx)
+    with nn.intercept_methods(_record_order):
+      return model.init(jax.random.PRNGKey(0), x, ctx)
 
   variables = jax.eval_shape(_init, x)
   layers: list = []
@@ -225,9 +237,9 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
     raise ValueError(
         f"model {type(model).__name__} has no searchable layer: build it with jpq_jax.Conv / "
         "jpq_jax.Dense so the search has something to choose")
-  # Order layers as they were called (sow preserves per-module call order; module creation order
-  # in the collection is the call order).
+  layers.sort(key=lambda l: call_order.get(l.path, len(call_order)))
+  group_list = sorted(groups.values(), key=lambda g: call_order.get(g.path, len(call_order)))
   for l in layers:
     if l.w_group not in groups:
       raise ValueError(f"layer {l.name} uses group {l.w_group!r}, which was never traced")
-  return LayerTable(layers=tuple(layers), groups=tuple(groups.values()))
+  return LayerTable(layers=tuple(layers), groups=tuple(group_list))
