@@ -220,6 +220,12 @@ def _var(module: nn.Module, col: str, name: str, init: Callable) -> jax.Array:
   return scope.variable(col, name, init).value
 
 
+def _tracing_table(module: nn.Module) -> bool:
+  """Records are sown only by :func:`jpq_jax.trace_table` (an apply with ``table`` mutable), never
+  by a user's ``init``, so ordinary variables hold no ``table`` collection."""
+  return module.is_mutable_collection(TABLE_COLLECTION) and not module.is_initializing()
+
+
 def _onehot_from_bits(bits: jax.Array, precisions: Sequence[int], dtype=jnp.float32) -> jax.Array:
   """theta (n, ...) with theta[i] = (bits == precisions[i])."""
   p = jnp.asarray(precisions, bits.dtype).reshape((-1,) + (1,) * bits.ndim)
@@ -281,7 +287,7 @@ class Group(nn.Module):
     return _path_name(self)[1]
 
   def _sow_record(self):
-    if self.is_mutable_collection(TABLE_COLLECTION):
+    if _tracing_table(self):
       self.sow(TABLE_COLLECTION, "group", self.record(), reduce_fn=lambda prev, new: new,
                init_fn=lambda: None)
 
@@ -415,7 +421,7 @@ class InputQuantizer(nn.Module):
       x = x.value
     path, name = _path_name(self)
     ps = self.space.input_bits
-    if self.is_mutable_collection(TABLE_COLLECTION):
+    if _tracing_table(self):
       self.sow(TABLE_COLLECTION, "group",
                GroupRecord(name=name, path=path, kind="input", channels=int(x.shape[-1]),
                            a_precisions=ps, signed=self.space.input_signed),
@@ -484,7 +490,7 @@ class _SearchLayer(nn.Module):
     return w_hat, b_hat
 
   def _sow(self, rec: LayerRecord):
-    if self.is_mutable_collection(TABLE_COLLECTION):
+    if _tracing_table(self):
       self.sow(TABLE_COLLECTION, "layer", rec, reduce_fn=lambda prev, new: new, init_fn=lambda: None)
 
 

@@ -225,11 +225,13 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
     call_order.setdefault(path, len(call_order))
     return next_fun(*args, **kwargs)
 
-  def _init(x):
+  def _trace(x):
+    variables = model.init(jax.random.PRNGKey(0), x, ctx)
     with nn.intercept_methods(_record_order):
-      return model.init(jax.random.PRNGKey(0), x, ctx)
+      _, state = model.apply(variables, x, ctx, mutable=[TABLE_COLLECTION])
+    return state
 
-  variables = jax.eval_shape(_init, x)
+  variables = jax.eval_shape(_trace, x)
   layers: list = []
   groups: Dict[str, GroupRecord] = {}
   _collect(variables.get(TABLE_COLLECTION, {}), layers, groups)

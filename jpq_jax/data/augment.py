@@ -1,0 +1,139 @@
+"""Training augmentations in numpy, deterministic for (seed, epoch, batch index).
+
+Two augmentations are known by name:
+
+* ``'cifar'`` -- the reference CIFAR-10 transform (METHOD.md §9.1): ``RandomRotation(15)`` then
+  ``RandomAffine(0, translate=(0.1, 0.1))`` then ``RandomHorizontalFlip(0.5)``. Like torchvision, the
+  rotation angle is uniform in [-15°, 15°] about the image centre with nearest-neighbour sampling and
+  zero fill, the translation is uniform in [-10%, 10%] of the width/height rounded to whole pixels
+  (zero fill), and the flip has probability 0.5. Because the translation is a whole number of pixels
+  and the flip is exact, the three steps are applied as one nearest-neighbour resampling, which gives
+  exactly the result of applying them one after the other.
+* ``'flip'`` -- horizontal flip with probability 0.5 (Tiny ImageNet at 64 px, METHOD.md §9.3).
+
+The random parameters of a batch come from ``numpy.random.default_rng([seed, epoch, batch, tag])``,
+so a resumed run sees the same augmented images. The loader draws them for the *global* batch and
+each process takes its slice, which makes the result independent of the number of processes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["AUGMENTATIONS", "augment_rng", "sample_params", "apply", "augment_batch"]
+
+AUGMENTATIONS = ("cifar", "flip")
+
+# Separates the augmentation stream from the shuffling stream of the same (seed, epoch).
+_AUG_TAG = 0xA06
+
+
+def augment_rng(seed: int, epoch: int, batch_index: int) -> np.random.Generator:
+  """The random generator of one (global) batch.
+
+  Args:
+    seed: run seed.
+    epoch: epoch number.
+    batch_index: index of the batch within the epoch.
+
+  Returns:
+    A fresh ``numpy.random.Generator``.
+  """
+  return np.random.default_rng([int(seed), int(epoch), int(batch_index), _AUG_TAG])
+
+
+def sample_params(name: str, n: int, hw: tuple, rng: np.random.Generator) -> dict:
+  """Draws the per-example parameters of ``n`` examples.
+
+  Args:
+    name: augmentation name, one of :data:`AUGMENTATIONS`.
+    n: number of examples.
+    hw: ``(H, W)`` of the images (the translation range depends on it).
+    rng: random generator.
+
+  Returns:
+    A dict of ``(n,)`` arrays: ``flip`` (bool) and, for ``'cifar'``, ``angle`` (degrees), ``tx``,
+    ``ty`` (whole pixels).
+
+  Raises:
+    ValueError: unknown augmentation name.
+  """
+  if name == "flip":
+    return {"flip": rng.random(n) < 0.5}
+  if name == "cifar":
+    h, w = hw
+    # Draw order mirrors the transform order: rotation, translation, flip.
+    angle = rng.uniform(-15.0, 15.0, n)
+    tx = np.round(rng.uniform(-0.1 * w, 0.1 * w, n)).astype(np.int64)
+    ty = np.round(rng.uniform(-0.1 * h, 0.1 * h, n)).astype(np.int64)
+    flip = rng.random(n) < 0.5
+    return {"angle": angle, "tx": tx, "ty": ty, "flip": flip}
+  raise ValueError(f"unknown augmentation {name!r}; known: {AUGMENTATIONS}")
+
+
+def apply(x: np.ndarray, name: str, params: dict) -> np.ndarray:
+  """Applies an augmentation with given parameters to a batch.
+
+  Args:
+    x: ``(B, H, W, C)`` batch (any dtype; uint8 stays uint8).
+    name: augmentation name.
+    params: output of :func:`sample_params` for ``B`` examples.
+
+  Returns:
+    The augmented batch, same shape and dtype (a new array).
+
+  Raises:
+    ValueError: unknown augmentation name.
+  """
+  if name == "flip":
+    out = x.copy()
+    out[params["flip"]] = out[params["flip"], :, ::-1]
+    return out
+  if name != "cifar":
+    raise ValueError(f"unknown augmentation {name!r}; known: {AUGMENTATIONS}")
+  b, h, w, _ = x.shape
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
+                           indexing="ij")
+  rows, cols = rows[None], cols[None]
+  # Walk back from the output pixel to the source pixel: undo the flip, then the translation,
+  # then the rotation.
+  flip = params["flip"][:, None, None]
+  cols = np.where(flip, (w - 1) - cols, cols)
+  rows = rows - params["ty"][:, None, None]
+  cols = cols - params["tx"][:, None, None]
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  theta = np.deg2rad(params["angle"])[:, None, None]
+  cos, sin = np.cos(theta), np.sin(theta)
+  dy, dx = rows - cy, cols - cx
+  # Positive angles turn the picture counter-clockwise on screen (torchvision's convention).
+  src_c = cx + cos * dx - sin * dy
+  src_r = cy + sin * dx + cos * dy
+  src_r = np.rint(src_r).astype(np.int64)
+  src_c = np.rint(src_c).astype(np.int64)
+  inside = (src_r >= 0) & (src_r < h) & (src_c >= 0) & (src_c < w)
+  bi = np.broadcast_to(np.arange(b)[:, None, None], inside.shape)
+  out = x[bi, np.clip(src_r, 0, h - 1), np.clip(src_c, 0, w - 1)]
+  out[~inside] = 0
+  return out
+
+
+def augment_batch(x: np.ndarray, name: Optional[str], seed: int, epoch: int,
+                  batch_index: int) -> np.ndarray:
+  """Augments one batch deterministically in ``(seed, epoch, batch_index)``.
+
+  Args:
+    x: ``(B, H, W, C)`` batch.
+    name: augmentation name, or None for no augmentation (returns ``x``).
+    seed: run seed.
+    epoch: epoch number.
+    batch_index: batch index within the epoch.
+
+  Returns:
+    The augmented batch.
+  """
+  if name is None:
+    return x
+  params = sample_params(name, x.shape[0], x.shape[1:3], augment_rng(seed, epoch, batch_index))
+  return apply(x, name, params)

@@ -1,0 +1,108 @@
+"""The quantizers reproduce the reference's outputs and gradients (shared/golden/quantizers.json)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jpq_jax import quant
+
+
+def _oihw_to_hwio(a):
+  return jnp.asarray(np.asarray(a, np.float32).transpose(2, 3, 1, 0))
+
+
+def _hwio_to_oihw(a):
+  return np.asarray(a).transpose(3, 2, 0, 1)
+
+
+@pytest.mark.parametrize("bits", [0, 2, 4, 8])
+def test_weight_quantizer_matches_reference(golden_quantizers, bits):
+  g = golden_quantizers["weight"]
+  d = g[f"{bits}bit"]
+  w = _oihw_to_hwio(g["W"])
+  r = _oihw_to_hwio(g["R"])
+  out = quant.quantize_weight(w, bits)
+  # Exact: ties (e.g. -max|W|/s = -1.5 at 2 bits) must round half to even like torch.
+  np.testing.assert_array_equal(_hwio_to_oihw(out), np.asarray(d["out"], np.float32))
+  np.testing.assert_array_equal(np.asarray(quant.weight_scale(w, bits)),
+                                np.asarray(d["scale_s_w"], np.float32))
+  if bits:
+    np.testing.assert_array_equal(_hwio_to_oihw(quant.weight_codes(w, bits)),
+                                  np.asarray(d["integer_levels"], np.float32))
+  grad = jax.grad(lambda w: jnp.sum(quant.quantize_weight(w, bits) * r))(w)
+  np.testing.assert_allclose(_hwio_to_oihw(grad), np.asarray(d["grad_W"]), rtol=0, atol=0)
+
+
+def test_weight_quantizer_jit_is_exact(golden_quantizers):
+  g = golden_quantizers["weight"]
+  w = _oihw_to_hwio(g["W"])
+  for bits in (2, 4, 8):
+    out = jax.jit(lambda w: quant.quantize_weight(w, bits))(w)
+    np.testing.assert_array_equal(_hwio_to_oihw(out), np.asarray(g[f"{bits}bit"]["out"], np.float32))
+
+
+def test_weight_codes_reach_lower_end_only():
+  w = jnp.asarray([[-1.0], [0.2], [1.0]])  # one output channel
+  codes = quant.weight_codes(w, 2)
+  assert codes.min() == -2 and codes.max() == 1  # upper clip only: {-2,-1,0,1}
+  zero = quant.weight_scale(jnp.zeros((3, 2)), 4)
+  np.testing.assert_allclose(zero, 1.0 / 15.0)  # all-zero channel: range 1
+
+
+@pytest.mark.parametrize("case", ["clip6_2bit", "clip6_4bit", "clip6_8bit", "clip1_2bit",
+                                  "clip1_4bit", "clip1_8bit"])
+def test_pact_matches_reference(golden_quantizers, case):
+  g = golden_quantizers["pact"]
+  d = g[case]
+  bits = int(case.split("_")[1][0])
+  x = jnp.asarray(g["X"], jnp.float32)
+  r = jnp.asarray(g["R"], jnp.float32)
+  clip = jnp.float32(d["init_clip_val"])
+  out = quant.pact(x, clip, bits)
+  # One ulp: XLA computes floor(k x) / k as a multiplication by 1/k.
+  np.testing.assert_allclose(out, np.asarray(d["out"]), rtol=2e-7, atol=1e-6)
+  gx, gc = jax.grad(lambda x, c: jnp.sum(quant.pact(x, c, bits) * r), argnums=(0, 1))(x, clip)
+  np.testing.assert_array_equal(gx, np.asarray(d["grad_X"], np.float32))
+  np.testing.assert_allclose(gc, d["grad_clip_val"][0], rtol=1e-6)
+  np.testing.assert_allclose(quant.pact_scale(clip, bits), d["s_a_property"], rtol=1e-7)
+
+
+def test_pact_top_code_not_reached():
+  # At clip 6 and 2 bits, an input of 6 gives about 4.0007 (METHOD.md §14.5).
+  y = quant.pact(jnp.asarray([6.0]), jnp.float32(6.0), 2)
+  np.testing.assert_allclose(y, [4.000667], rtol=1e-5)
+
+
+def test_signed_pact_matches_reference(golden_quantizers):
+  d = golden_quantizers["pact_signed_8bit_clip_pm6"]
+  x = jnp.asarray(golden_quantizers["pact"]["X"], jnp.float32)
+  r = jnp.asarray(golden_quantizers["pact"]["R"], jnp.float32)
+  lo, hi = jnp.float32(-6), jnp.float32(6)
+  out = quant.pact_signed(x, lo, hi, 8)
+  np.testing.assert_allclose(out, np.asarray(d["out"]), rtol=2e-7, atol=1e-6)
+  gx, gi, gs = jax.grad(lambda x, i, s: jnp.sum(quant.pact_signed(x, i, s, 8) * r),
+                        argnums=(0, 1, 2))(x, lo, hi)
+  np.testing.assert_array_equal(gx, np.asarray(d["grad_X"], np.float32))
+  np.testing.assert_allclose(gi, d["grad_clip_val_inf"][0], rtol=1e-6)
+  np.testing.assert_allclose(gs, d["grad_clip_val_sup"][0], rtol=1e-6)
+  np.testing.assert_allclose(quant.pact_signed_scale(lo, hi, 8), d["s_a_property"], rtol=1e-7)
+
+
+def test_bias_quantizer_matches_reference(golden_quantizers):
+  d = golden_quantizers["bias"]
+  b = jnp.asarray(d["b"], jnp.float32)
+  s_b = jnp.float32(d["s_a"]) * jnp.asarray(d["s_w"], jnp.float32)
+  r = jnp.asarray(d["R"], jnp.float32)
+  np.testing.assert_allclose(quant.quantize_bias(b, s_b), np.asarray(d["out"]), rtol=1e-6, atol=0)
+  gb = jax.grad(lambda b: jnp.sum(quant.quantize_bias(b, s_b) * r))(b)
+  np.testing.assert_allclose(gb, np.asarray(d["grad_b"]), rtol=1e-6, atol=1e-12)
+  # A pruned channel (s_w = 0) has an exactly zero bias.
+  assert float(quant.quantize_bias(b, s_b)[3]) == 0.0
+
+
+def test_quantizers_reject_bad_bits():
+  with pytest.raises(ValueError, match="bits > 0"):
+    quant.pact(jnp.ones(2), 1.0, 0)
+  with pytest.raises(ValueError, match="bits > 0"):
+    quant.weight_codes(jnp.ones((2, 2)), 0)
