@@ -5,11 +5,12 @@ The public API, re-exported here:
 * search-space layers (:mod:`jpq_jax.layers`): :class:`Ctx`, :class:`QTensor`, :class:`SearchSpace`,
   :class:`Group`, :class:`InputQuantizer`, :class:`Conv`, :class:`Dense`, :class:`Add`;
 * quantizers (:mod:`jpq_jax.quant`) and precision choices (:mod:`jpq_jax.choice`);
+* cost models and their registry (:mod:`jpq_jax.costs`);
 * the static layer table (:func:`trace_table`), theta per group (:func:`thetas`), freezing
   (:func:`freeze`) and conversion of a float model to search form (:func:`to_search`).
 """
 
-from jpq_jax import choice, quant
+from jpq_jax import choice, costs, quant
 from jpq_jax.arch import GroupTheta, freeze, precision_summary, thetas
 from jpq_jax.fold import fold_batchnorm, to_fixed, to_search
 from jpq_jax.layers import (MODES, Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor,
@@ -21,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
-    "precision_summary", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
+    "costs", "precision_summary", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]

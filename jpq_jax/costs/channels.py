@@ -173,7 +173,11 @@ def effective_channels(table: LayerTable, theta: Mapping) -> Dict[str, jax.Array
     ``{group name: scalar}``: ``C - sum_c theta[0-bit, c]`` for channel-wise groups with a 0-bit
     option, the constant ``C`` for every other group (the input group reports its data channels).
     Differentiable w.r.t. theta.
+
+  Raises:
+    ValueError: theta lacks a group or has a wrong shape.
   """
+  check_theta(table, theta)
   return {g.name: _group_cout_eff(g, theta) for g in table.groups}
 
 

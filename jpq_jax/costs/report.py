@@ -11,7 +11,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jpq_jax.costs.channels import effective_channels, layer_views
 from jpq_jax.costs.registry import get_cost, list_costs

@@ -12,7 +12,6 @@ epsilons and its gradient behaviour:
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jpq_jax.costs.channels import LayerView
 
