@@ -3,12 +3,12 @@
 Two augmentations are known by name:
 
 * ``'cifar'`` -- the reference CIFAR-10 transform (METHOD.md §9.1): ``RandomRotation(15)`` then
-  ``RandomAffine(0, translate=(0.1, 0.1))`` then ``RandomHorizontalFlip(0.5)``. Like torchvision, the
-  rotation angle is uniform in [-15°, 15°] about the image centre with nearest-neighbour sampling and
-  zero fill, the translation is uniform in [-10%, 10%] of the width/height rounded to whole pixels
-  (zero fill), and the flip has probability 0.5. Because the translation is a whole number of pixels
-  and the flip is exact, the three steps are applied as one nearest-neighbour resampling, which gives
-  exactly the result of applying them one after the other.
+  ``RandomAffine(0, translate=(0.1, 0.1))`` then ``RandomHorizontalFlip(0.5)``. Like torchvision,
+  the rotation angle is uniform in [-15°, 15°] about the image centre with nearest-neighbour
+  sampling and zero fill, the translation is uniform in [-10%, 10%] of the width/height rounded to
+  whole pixels (zero fill), and the flip has probability 0.5. Because the translation is a whole
+  number of pixels and the flip is exact, the three steps are applied as one nearest-neighbour
+  resampling, which gives exactly the result of applying them one after the other.
 * ``'flip'`` -- horizontal flip with probability 0.5 (Tiny ImageNet at 64 px, METHOD.md §9.3).
 
 The random parameters of a batch come from ``numpy.random.default_rng([seed, epoch, batch, tag])``,

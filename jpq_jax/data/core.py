@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "cache_key",
     "class_weights",
     "seeded_partition",
+    "source_stamp",
     "subset",
     "validate_split",
 ]
@@ -255,19 +257,49 @@ def cache_key(*parts) -> str:
   return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
+def source_stamp(path: str) -> tuple:
+  """What identifies a file or directory tree's content for caching: sizes and modification times.
+
+  Args:
+    path: file or directory.
+
+  Returns:
+    ``(abspath, size, mtime_ns)`` for a file, ``(abspath, file count, total size, latest mtime_ns)``
+    for a directory.
+  """
+  path = os.path.abspath(path)
+  if os.path.isfile(path):
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns)
+  total, latest, count = 0, 0, 0
+  for dirpath, _, filenames in os.walk(path):
+    for f in filenames:
+      st = os.stat(os.path.join(dirpath, f))
+      total, latest, count = total + st.st_size, max(latest, st.st_mtime_ns), count + 1
+  return (path, count, total, latest)
+
+
 def save_cache(path: str, **arrays) -> None:
   """Writes arrays to an uncompressed ``.npz`` atomically (write to a temp file, then rename).
 
   Uncompressed so that loading is a plain read; atomic so that a killed job never leaves a
   truncated cache that a later run would trust.
 
+  A failure to write (read-only or full disk) only warns.
+
   Args:
     path: destination ``.npz`` path.
     **arrays: arrays to store.
   """
   tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  except OSError as e:
+    # A read-only or full cache directory must not stop training: the data is in memory anyway.
+    warnings.warn(f"could not write the data cache {path}: {e}")
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def load_cache(path: str) -> Optional[dict]:

@@ -1,11 +1,12 @@
 """Host-side input pipeline: deterministic shuffling, per-process sharding, augmentation, prefetch.
 
-The order of epoch ``e`` is a pure function of ``(seed, e)``: a run resumed at epoch ``e`` sees exactly
-the batches it would have seen without the interruption. With several processes (multi-host), every
-epoch is cut into *global* batches of ``batch_size * process_count`` examples and process ``p`` takes
-the ``p``-th slice of each, so the shards are disjoint, cover the epoch, and every process runs the
-same number of steps. Augmentation parameters are drawn per global batch from
-``(seed, epoch, batch index)``, so the augmented images do not depend on the process count either.
+The order of epoch ``e`` is a pure function of ``(seed, e)``: a run resumed at epoch ``e`` sees
+exactly the batches it would have seen without the interruption. With several processes
+(multi-host), every epoch is cut into *global* batches of ``batch_size * process_count`` examples
+and process ``p`` takes the ``p``-th slice of each, so the shards are disjoint, cover the epoch,
+and every process runs the same number of steps. Augmentation parameters are drawn per global batch
+from ``(seed, epoch, batch index)``, so the augmented images do not depend on the process count
+either.
 
 Everything stays in numpy on the host; a background thread prepares the next batches while the
 accelerator works on the current one.
