@@ -1,0 +1,191 @@
+"""The ``jpq`` command: run a sweep, report its Pareto front, inspect a member.
+
+Usage::
+
+  jpq sweep                                   # demo config, built-in digits, ./runs/demo
+  jpq sweep --config experiments/configs/cifar10_resnet8.py --workdir runs/c10 \\
+      --config.sweep.lambdas=1e-7,1e-6,1e-5 --config.search.cost=mpic
+  jpq sweep --config experiments/configs/demo.py search.epochs=5 sweep.strategy=vmap
+  jpq report runs/demo                        # front table (and pareto.png)
+  jpq inspect runs/demo --member 3            # per-layer bits and kept channels
+
+Overrides are ``--config.a.b=value`` or ``a.b=value``; tuples take comma-separated values. A
+killed sweep resumes when rerun with the same ``--workdir`` and config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import ml_collections
+
+__all__ = ["main", "load_config", "apply_overrides"]
+
+
+def load_config(path: Optional[str]) -> ml_collections.ConfigDict:
+  """Load a config file (a Python file with ``get_config()``), or the demo config for None.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: the file has no ``get_config``.
+  """
+  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  if not path:
+    return sweep.demo_config()
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--config: no such config file {path!r}")
+  spec = importlib.util.spec_from_file_location("jpq_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  if not hasattr(mod, "get_config"):
+    raise ValueError(f"--config: {path!r} defines no get_config()")
+  return mod.get_config()
+
+
+def _parse_value(text: str, current):
+  if isinstance(current, bool):
+    if text.lower() in ("1", "true", "yes", "on"):
+      return True
+    if text.lower() in ("0", "false", "no", "off"):
+      return False
+    raise ValueError(f"expected a boolean, got {text!r}")
+  if isinstance(current, (tuple, list)):
+    text = text.strip().strip("()[]")
+    if not text:
+      return ()
+    elem = type(current[0]) if current else None
+    out = []
+    for part in text.split(","):
+      part = part.strip()
+      if elem is float:
+        out.append(float(part))
+      elif elem is int:
+        try:
+          out.append(int(part))
+        except ValueError:
+          out.append(float(part))
+      else:
+        try:
+          out.append(ast.literal_eval(part))
+        except (ValueError, SyntaxError):
+          out.append(part)
+    return tuple(out)
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, str) or current is None:
+    return text
+  return ast.literal_eval(text)
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Apply ``a.b=value`` overrides in place (the value is parsed as the field's current type).
+
+  Raises:
+    ValueError: unknown field or unparsable value (the message names the field).
+  """
+  for ov in overrides:
+    if ov.startswith("--config."):
+      ov = ov[len("--config."):]
+    if "=" not in ov:
+      raise ValueError(f"override {ov!r}: expected field=value")
+    key, text = ov.split("=", 1)
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+      if p not in node:
+        raise ValueError(f"override {key!r}: unknown config field {p!r}")
+      node = node[p]
+    leaf = parts[-1]
+    if leaf not in node:
+      raise ValueError(f"override {key!r}: unknown config field; known here: {sorted(node.keys())}")
+    try:
+      value = _parse_value(text, node[leaf])
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"override {key!r}: cannot parse {text!r}: {e}") from None
+    with node.unlocked() if hasattr(node, "unlocked") else _null():
+      node[leaf] = value
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def _cmd_sweep(args, rest: List[str]) -> int:
+  from jpq_jax import pareto, sweep  # pylint: disable=import-outside-toplevel
+  cfg = load_config(args.config)
+  apply_overrides(cfg, rest)
+  workdir = args.workdir or os.path.join("runs", cfg.name)
+  try:
+    results = sweep.run_sweep(cfg, workdir, progress=not args.no_progress)
+  except sweep.ConfigError as e:
+    print(f"jpq sweep: invalid config: {e}", file=sys.stderr)
+    return 2
+  print(pareto.format_front(results))
+  print(f"results in {os.path.abspath(workdir)} (results.json, pareto.json/.csv/.png)")
+  return 0
+
+
+def _cmd_report(args, rest) -> int:
+  from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+  if rest:
+    raise SystemExit(f"jpq report: unexpected arguments {rest}")
+  results = pareto.load_results(args.workdir)
+  if args.cost:
+    results = dict(results, pareto_cost=args.cost)
+  print(pareto.format_front(results))
+  png = os.path.join(args.workdir, "pareto.png")
+  if args.cost or not os.path.exists(png):
+    png = os.path.join(args.workdir, f"pareto_{results['pareto_cost']}.png")
+    pareto.plot_front(results, png)
+  print(f"plot: {png}")
+  return 0
+
+
+def _cmd_inspect(args, rest) -> int:
+  from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+  if rest:
+    raise SystemExit(f"jpq inspect: unexpected arguments {rest}")
+  results = pareto.load_results(args.workdir)
+  print(pareto.format_member(results, args.member))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point of the ``jpq`` command (``[project.scripts] jpq = "jpq_jax.cli:main"``)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="jpq", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="cmd", required=True)
+  p = sub.add_parser("sweep", help="run or resume a Pareto sweep")
+  p.add_argument("--config", default=None, help="config file (default: the demo config)")
+  p.add_argument("--workdir", default=None, help="work directory (default: runs/<config name>)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p = sub.add_parser("report", help="print the Pareto front of a finished sweep")
+  p.add_argument("workdir")
+  p.add_argument("--cost", default=None, help="cost of the x axis (default: the sweep's)")
+  p = sub.add_parser("inspect", help="per-layer bits and kept channels of one member")
+  p.add_argument("workdir")
+  p.add_argument("--member", type=int, default=0)
+  args, rest = parser.parse_known_args(argv)
+  try:
+    if args.cmd == "sweep":
+      return _cmd_sweep(args, rest)
+    if args.cmd == "report":
+      return _cmd_report(args, rest)
+    return _cmd_inspect(args, rest)
+  except (ValueError, FileNotFoundError, IndexError) as e:
+    print(f"jpq {args.cmd}: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,171 @@
+"""Pareto fronts of a sweep: extraction, result files, table and plot.
+
+A member is on the front when no other (non-failed) member is at least as accurate *and* at most as
+costly with one of the two strictly better. Files written into the run's work directory:
+
+* ``results.json``: every member (accuracy, every cost soft and argmax, per-layer bits, times);
+* ``pareto.json`` / ``pareto.csv``: the front (accuracy vs the chosen cost), sorted by cost;
+* ``pareto.png``: all members and the front (matplotlib, Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ["pareto_front", "front_of_results", "write_results", "format_front", "format_member",
+           "plot_front", "load_results"]
+
+
+def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
+  """Indices of the non-dominated points (minimise cost, maximise accuracy), sorted by cost.
+
+  Args:
+    points: ``(cost, accuracy)`` pairs; pairs with a None/NaN entry are ignored.
+
+  Returns:
+    Indices into ``points``. Duplicated points keep their first index only.
+  """
+  valid = [(i, c, a) for i, (c, a) in enumerate(points)
+           if c is not None and a is not None and c == c and a == a]
+  valid.sort(key=lambda t: (t[1], -t[2], t[0]))
+  out, best_acc, seen = [], -float("inf"), set()
+  for i, c, a in valid:
+    if a > best_acc and (c, a) not in seen:
+      out.append(i)
+      best_acc = a
+      seen.add((c, a))
+  return out
+
+
+def front_of_results(results: Mapping, cost: Optional[str] = None,
+                     metric: Optional[str] = None) -> List[Dict[str, Any]]:
+  """The front of a sweep's results as rows ``{member, lambda, cost, accuracy, ...}``."""
+  cost = cost or results.get("pareto_cost") or results.get("search_cost", "size")
+  metric = metric or results.get("pareto_metric", "test_acc")
+  members = [m for m in results["members"] if not m.get("failed")]
+  pts = [(m["costs_argmax"].get(cost), m.get(metric)) for m in members]
+  rows = []
+  for i in pareto_front(pts):
+    m = members[i]
+    rows.append({"member": m["member"], "lambda": m["lambda"], "seed": m["seed"],
+                 "cost": m["costs_argmax"][cost], "cost_name": cost,
+                 "unit": results.get("cost_units", {}).get(cost, ""), "accuracy": m[metric],
+                 "metric": metric, "val_acc": m.get("val_acc"), "test_acc": m.get("test_acc")})
+  return rows
+
+
+def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
+               metric: Optional[str] = None) -> None:
+  """Scatter of every member and the front line, saved to ``path`` (PNG)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel,unused-import
+  cost = cost or results.get("pareto_cost", "size")
+  metric = metric or results.get("pareto_metric", "test_acc")
+  unit = results.get("cost_units", {}).get(cost, "")
+  ok = [m for m in results["members"] if not m.get("failed") and m.get(metric) is not None
+        and m["costs_argmax"].get(cost) is not None]
+  front = front_of_results(results, cost, metric)
+  fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+  ax.scatter([m["costs_argmax"][cost] for m in ok], [100 * m[metric] for m in ok], s=18,
+             c="0.6", label="members")
+  for m in ok:
+    ax.annotate(f"{m['lambda']:.0e}", (m["costs_argmax"][cost], 100 * m[metric]), fontsize=6,
+                xytext=(2, 2), textcoords="offset points", color="0.4")
+  ax.step([r["cost"] for r in front], [100 * r["accuracy"] for r in front], where="post",
+          color="C0", marker="o", label="Pareto front")
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # overlapping minor labels
+  ax.set_xlabel(f"{cost} ({unit})" if unit else cost)
+  ax.set_ylabel(f"{metric} (%)")
+  ax.set_title(f"{results.get('name', '')}: {results.get('model', '')} on {results.get('dataset', '')}")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
+  """Write ``results.json``, ``pareto.json``, ``pareto.csv`` and ``pareto.png`` into ``workdir``.
+
+  Returns:
+    The front rows.
+  """
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  front = front_of_results(results)
+  with open(os.path.join(workdir, "pareto.json"), "w") as f:
+    json.dump({"cost": results.get("pareto_cost"), "metric": results.get("pareto_metric"),
+               "front": front}, f, indent=2)
+  with open(os.path.join(workdir, "pareto.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["member", "lambda", "seed", "cost_name", "cost", "unit", "accuracy", "val_acc",
+                "test_acc"])
+    for r in front:
+      w.writerow([r["member"], r["lambda"], r["seed"], r["cost_name"], r["cost"], r["unit"],
+                  r["accuracy"], r["val_acc"], r["test_acc"]])
+  try:
+    plot_front(results, os.path.join(workdir, "pareto.png"))
+  except ImportError:
+    pass  # matplotlib missing: the table files are enough
+  return front
+
+
+def load_results(workdir: str) -> Dict[str, Any]:
+  """``results.json`` of a finished sweep.
+
+  Raises:
+    FileNotFoundError: no results (the sweep has not finished).
+  """
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir!r} has no results.json: the sweep has not finished (rerun "
+                            "`jpq sweep` with the same --workdir to resume it)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def format_front(results: Mapping, cost: Optional[str] = None) -> str:
+  """A text table of every member, front members marked with ``*``."""
+  cost = cost or results.get("pareto_cost", "size")
+  metric = results.get("pareto_metric", "test_acc")
+  unit = results.get("cost_units", {}).get(cost, "")
+  on = {r["member"] for r in front_of_results(results, cost, metric)}
+  hdr = f"{'':1} {'member':>6} {'lambda':>9} {'seed':>5} {cost + ' [' + unit + ']':>18} " \
+        f"{'val acc':>8} {'test acc':>8}  status"
+  rows = [hdr, "-" * len(hdr)]
+  for m in sorted(results["members"], key=lambda m: (m["costs_argmax"].get(cost) or 0)):
+    c = m["costs_argmax"].get(cost)
+    fmt = lambda v: "-" if v is None else f"{100 * v:7.2f}%"
+    rows.append(f"{'*' if m['member'] in on else ' '} {m['member']:>6} {m['lambda']:>9.2e} "
+                f"{m['seed']:>5} {('-' if c is None else f'{c:,.0f}'):>18} {fmt(m.get('val_acc')):>8} "
+                f"{fmt(m.get('test_acc')):>8}  {m.get('status', 'ok')}")
+  rows.append(f"* = on the Pareto front ({len(on)} points); strategy {results.get('strategy')}")
+  return "\n".join(rows)
+
+
+def format_member(results: Mapping, k: int) -> str:
+  """Per-layer bits and kept channels of member ``k``."""
+  ms = results["members"]
+  if not 0 <= k < len(ms):
+    raise IndexError(f"member {k} out of range: the sweep has {len(ms)} members (0..{len(ms) - 1})")
+  m = ms[k]
+  rows = [f"member {k}: lambda {m['lambda']:.3g}, seed {m['seed']}, {m.get('status', 'ok')}; "
+          f"val acc {m.get('val_acc')}, test acc {m.get('test_acc')}"]
+  hdr = f"{'layer':<24} {'group':<14} {'kept/cout':>10} {'mean w bits':>11} {'a bits':>6}  w bits histogram"
+  rows += [hdr, "-" * len(hdr)]
+  for name, l in m["layers"].items():
+    hist = " ".join(f"{b}b:{c}" for b, c in l["w_bits_hist"].items())
+    rows.append(f"{name:<24} {l['group']:<14} {str(l['kept']) + '/' + str(l['cout']):>10} "
+                f"{l['mean_w_bits']:>11.2f} {str(l.get('a_bits') or '-'):>6}  {hist}")
+  rows.append("")
+  rows.append("costs (argmax): " + ", ".join(f"{n}={v:,.4g}" for n, v in m["costs_argmax"].items()
+                                             if v is not None))
+  rows.append("costs (soft):   " + ", ".join(f"{n}={v:,.4g}" for n, v in m["costs_soft"].items()
+                                             if v is not None))
+  return "\n".join(rows)

@@ -1,0 +1,1043 @@
+"""The Pareto sweep driver: N members (lambdas x seeds) trained together, in one job, one compile.
+
+Protocol (METHOD.md §6): a float warm-up shared by every member (reused from its checkpoint when
+present), conversion to search form (BatchNorm folded, weights compensated), the joint search
+(loss = CE + lambda * cost), then fine-tuning of the argmax architecture. Each phase selects, per
+member, the best epoch on the validation metric measured in eval (argmax) mode, and reloads it (with
+its optimizer state) at the end of the phase.
+
+Members are an axis (DESIGN.md principle 6). How the axis is executed is a *strategy*; every strategy
+runs the same pure single-member step (:func:`jpq_jax.train.make_train_step`), so a member's
+trajectory does not depend on the strategy nor on the other members:
+
+* ``loop``: one jitted single-member step, called per member from Python;
+* ``vmap``: ``jax.vmap`` of the step over the leading member axis of the stacked states;
+* ``sharded``: ``vmap`` inside, the member axis spread over a ``jax.sharding.Mesh`` axis
+  ``member`` (and the batch over an optional ``data`` axis), with ``NamedSharding``;
+* ``auto``: a per-backend rule backed by ``benchmarks/sweep.py``: XLA:CPU lowers a vmapped conv
+  whose kernel differs per member to a grouped convolution that is 2-3x slower per member than
+  separate convs, so CPU uses ``loop``; accelerators use ``vmap`` (``sharded`` with >1 device);
+* ``measure``: compile both ``loop`` and ``vmap`` (or ``sharded``) and time a few steps of each at
+  startup, keep the faster.
+
+Everything the run produces goes to its work directory: ``config.json`` (resolved config and library
+versions), ``metrics.jsonl``, ``checkpoints/`` (Orbax, every epoch and phase boundary),
+``warmup/`` (the float model, reusable by other runs), ``final/`` (fine-tuned members),
+``results.json`` and the Pareto front (``pareto.json``, ``pareto.csv``, ``pareto.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jpq_jax import checkpoint as ckpt_lib
+from jpq_jax import train as T
+from jpq_jax.layers import Ctx, SearchSpace
+from jpq_jax.table import LayerTable, trace_table
+
+__all__ = [
+    "STRATEGIES", "base_config", "demo_config", "validate_config", "ConfigError", "run_sweep",
+    "build_model_from_config", "fixed_variables_template", "choose_strategy", "make_executor",
+    "load_dataset", "library_versions",
+]
+
+STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
+
+
+class ConfigError(ValueError):
+  """An invalid sweep configuration (raised before anything is compiled); names the field."""
+
+
+# ---- configuration --------------------------------------------------------------------------------------
+def _opt(name="adam", lr=1e-3, wd=1e-4, momentum=0.9, nesterov=False):
+  return ml_collections.ConfigDict(dict(name=name, lr=lr, wd=wd, momentum=momentum,
+                                        nesterov=nesterov))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field of a sweep config with the CIFAR-10 reference defaults (METHOD.md §6).
+
+  Fields:
+    name: run name (default work directory ``runs/<name>``).
+    seed: run seed (data order, model init).
+    data: ``name`` (``demo``, ``cifar10``, ``gsc``, ``tinyimagenet``), ``data_dir``, ``options``
+      (passed to :func:`jpq_jax.data.load`).
+    model: ``name`` and the :class:`~jpq_jax.SearchSpace` fields.
+    train: ``batch_size``, ``eval_batch_size``, ``monitor`` (``acc``: val accuracy max; ``loss``:
+      val loss min, including lambda * argmax cost in the search), ``patience``, ``earlystop_start``
+      (epochs <= it never count, when the phase has more epochs than it), ``class_weights``,
+      ``label_smoothing``.
+    warmup / search / finetune: ``epochs``, ``optimizer`` (``adam``/``sgd``, lr, wd, momentum,
+      nesterov), ``schedule`` (see :func:`jpq_jax.train.lr_factor`); warm-up ``checkpoint`` (a
+      ``warmup/`` directory of an earlier run to reuse); search ``arch_optimizer``, ``cost``,
+      ``temperature``, ``temperature_decay``, ``sampling``, ``incremental_strength``.
+    sweep: ``lambdas``, ``seeds`` (members = lambdas x seeds), ``strategy``, ``data_devices``
+      (size of the mesh's ``data`` axis for ``sharded``), ``checkpoint_keep``, ``async_checkpoint``,
+      ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric``.
+    distributed: ``enabled``, ``coordinator_address``, ``num_processes``, ``process_id``
+      (``jax.distributed.initialize``).
+    debug: ``nan_member``/``nan_epoch`` (force a NaN loss in one member, fault-isolation tests),
+      ``max_steps_per_epoch`` (0 = all).
+  """
+  c = ml_collections.ConfigDict()
+  c.name = "sweep"
+  c.seed = 14
+  c.data = ml_collections.ConfigDict(dict(name="cifar10", data_dir="", options={}))
+  c.data.options = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      name="resnet8", w_precisions=(0, 2, 4, 8), a_precisions=(8,), input_precisions=(),
+      granularity="channel", clip_init=6.0, input_clip_init=1.0, input_signed=False,
+      input_signed_clips=(-6.0, 6.0)))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32, eval_batch_size=256, monitor="acc", patience=50, earlystop_start=20,
+      class_weights=False, label_smoothing=0.0))
+  c.warmup = ml_collections.ConfigDict(dict(
+      epochs=500, optimizer=_opt(), schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)),
+      checkpoint=""))
+  c.search = ml_collections.ConfigDict(dict(
+      epochs=500, optimizer=_opt(), arch_optimizer=_opt("sgd", 1e-2, 0.0, 0.9),
+      schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)), cost="size",
+      temperature=1.0, temperature_decay=0.045, sampling="softmax", incremental_strength=False))
+  c.finetune = ml_collections.ConfigDict(dict(
+      epochs=500, optimizer=_opt(),
+      schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))
+  c.sweep = ml_collections.ConfigDict(dict(
+      lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
+      async_checkpoint=True, pareto_cost="", pareto_metric="test_acc"))
+  c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
+                                                 num_processes=1, process_id=0))
+  c.debug = ml_collections.ConfigDict(dict(nan_member=-1, nan_epoch=0, max_steps_per_epoch=0))
+  return c
+
+
+def demo_config() -> ml_collections.ConfigDict:
+  """The quick demo: DemoNet on the built-in 8x8 digits, 8 lambdas, a few minutes on a laptop CPU."""
+  c = base_config()
+  c.name = "demo"
+  c.data.name = "demo"
+  c.model.name = "demo"
+  c.model.input_clip_init = 1.0
+  c.train.batch_size = 32
+  c.train.patience = 10
+  c.train.earlystop_start = 5
+  c.warmup.epochs = 15
+  c.search.epochs = 12
+  c.finetune.epochs = 8
+  c.search.temperature_decay = 0.2
+  c.search.arch_optimizer.lr = 5e-2
+  c.sweep.lambdas = (0.0, 1e-5, 3e-5, 6e-5, 1e-4, 1.5e-4, 2.2e-4, 2.7e-4, 3.3e-4, 4e-4)
+  return c
+
+
+def _field_error(field: str, msg: str) -> ConfigError:
+  return ConfigError(f"config field {field!r}: {msg}")
+
+
+def _space(cfg) -> SearchSpace:
+  m = cfg["model"]
+  inp = tuple(m.get("input_precisions") or ()) or None
+  try:
+    return SearchSpace(w_precisions=tuple(m["w_precisions"]), a_precisions=tuple(m["a_precisions"]),
+                       input_precisions=inp, granularity=m["granularity"],
+                       clip_init=float(m["clip_init"]), input_clip_init=float(m["input_clip_init"]),
+                       input_signed=bool(m["input_signed"]),
+                       input_signed_clips=tuple(m["input_signed_clips"]))
+  except ValueError as e:
+    field = "model"
+    for f in ("w_precisions", "a_precisions", "input_precisions", "granularity", "clip",
+              "input_signed_clips"):
+      if f in str(e):
+        field = f"model.{f}" if f != "clip" else "model.clip_init"
+        break
+    raise _field_error(field, str(e)) from None
+
+
+def members_of(cfg) -> List[Dict[str, Any]]:
+  """The members of a sweep: every (lambda, seed) pair, lambda-major."""
+  return [{"lam": float(l), "seed": int(s)} for l in cfg["sweep"]["lambdas"]
+          for s in cfg["sweep"]["seeds"]]
+
+
+def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = None,
+                    n_devices: Optional[int] = None) -> None:
+  """Check a sweep config before anything is compiled or trained.
+
+  Args:
+    cfg: the config.
+    workdir: the run's directory; a ``config.json`` of a *different* run there is an error.
+    n_devices: devices available (default ``jax.device_count()``).
+
+  Raises:
+    ConfigError: naming the offending field.
+  """
+  from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  s = cfg.sweep
+  lams = tuple(s.lambdas) if isinstance(s.lambdas, (tuple, list)) else (s.lambdas,)
+  if not lams:
+    raise _field_error("sweep.lambdas", "no lambda given; e.g. --config.sweep.lambdas=1e-6,1e-5")
+  for l in lams:
+    if not isinstance(l, (int, float)) or not math.isfinite(l) or l < 0:
+      raise _field_error("sweep.lambdas", f"every lambda must be a finite number >= 0, got {l!r}")
+  if len(set(lams)) != len(lams):
+    raise _field_error("sweep.lambdas", f"repeated lambda in {lams}")
+  if not tuple(s.seeds):
+    raise _field_error("sweep.seeds", "no seed given")
+  if s.strategy not in STRATEGIES:
+    raise _field_error("sweep.strategy", f"unknown strategy {s.strategy!r}; use one of {STRATEGIES}")
+  costs = T.cost_names()
+  if cfg.search.cost not in costs:
+    raise _field_error("search.cost", f"unknown cost model {cfg.search.cost!r}; registered: {costs}")
+  if s.pareto_cost and s.pareto_cost not in costs:
+    raise _field_error("sweep.pareto_cost", f"unknown cost model {s.pareto_cost!r}; registered: "
+                       f"{costs}")
+  if s.pareto_metric not in ("test_acc", "val_acc"):
+    raise _field_error("sweep.pareto_metric", "use 'test_acc' or 'val_acc'")
+  if cfg.model.name not in MODELS:
+    raise _field_error("model.name", f"unknown model {cfg.model.name!r}; available: {sorted(MODELS)}")
+  _space(cfg)
+  if cfg.train.monitor not in ("acc", "loss"):
+    raise _field_error("train.monitor", f"use 'acc' or 'loss', got {cfg.train.monitor!r}")
+  from jpq_jax import choice  # pylint: disable=import-outside-toplevel
+  if cfg.search.sampling not in choice.SAMPLINGS:
+    raise _field_error("search.sampling", f"unknown sampling {cfg.search.sampling!r}; use one of "
+                       f"{choice.SAMPLINGS}")
+  for ph in ("warmup", "search", "finetune"):
+    p = cfg[ph]
+    if int(p.epochs) < 0:
+      raise _field_error(f"{ph}.epochs", f"must be >= 0, got {p.epochs}")
+    if p.optimizer.name not in ("adam", "sgd"):
+      raise _field_error(f"{ph}.optimizer.name", f"unknown optimizer {p.optimizer.name!r}")
+    if not p.optimizer.lr > 0:
+      raise _field_error(f"{ph}.optimizer.lr", f"must be > 0, got {p.optimizer.lr}")
+    try:
+      T.lr_factor(p.schedule, 0, 1)
+    except (ValueError, KeyError) as e:
+      raise _field_error(f"{ph}.schedule", str(e)) from None
+  if int(cfg.search.epochs) < 1:
+    raise _field_error("search.epochs", "the search needs at least one epoch")
+  if not cfg.search.temperature > 0:
+    raise _field_error("search.temperature", f"must be > 0, got {cfg.search.temperature}")
+  bs = int(cfg.train.batch_size)
+  if bs <= 0:
+    raise _field_error("train.batch_size", f"must be > 0, got {bs}")
+  if int(cfg.train.eval_batch_size) <= 0:
+    raise _field_error("train.eval_batch_size", "must be > 0")
+  nd = int(s.data_devices)
+  ndev = jax.device_count() if n_devices is None else n_devices
+  if nd < 1 or ndev % nd:
+    raise _field_error("sweep.data_devices", f"must divide the {ndev} devices, got {nd}")
+  if bs % nd or int(cfg.train.eval_batch_size) % nd:
+    raise _field_error("train.batch_size", f"batch {bs} (eval {cfg.train.eval_batch_size}) cannot "
+                       f"be split evenly across the {nd} devices of the mesh's data axis")
+  if nd > 1 and s.strategy not in ("sharded", "auto"):
+    raise _field_error("sweep.data_devices", "a data axis needs strategy 'sharded'")
+  if workdir is not None:
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        old = json.load(f).get("config", {})
+      new = json.loads(cfg.to_json_best_effort())
+      diff = _first_diff(old, new, ignore=("sweep.strategy", "sweep.async_checkpoint",
+                                           "sweep.checkpoint_keep", "debug"))
+      if diff is not None:
+        raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
+                           f"differs at {diff!r}); use a new --workdir or the same config to resume")
+
+
+def _first_diff(a, b, prefix="", ignore=()) -> Optional[str]:
+  if prefix.rstrip(".") in ignore or any(prefix.startswith(i + ".") for i in ignore):
+    return None
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      if k not in a or k not in b:
+        if (prefix + k) in ignore:
+          continue
+        return prefix + k
+      d = _first_diff(a[k], b[k], prefix + k + ".", ignore)
+      if d is not None:
+        return d
+    return None
+  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    a, b = list(a), list(b)
+  return None if a == b else prefix.rstrip(".")
+
+
+# ---- data and model --------------------------------------------------------------------------------------
+def load_dataset(cfg):
+  """The dataset of ``cfg`` through :func:`jpq_jax.data.load`."""
+  # Imported lazily: the data package pulls in tensorflow-datasets, which the library does not need.
+  from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  opts = dict(cfg["data"].get("options") or {})
+  return data_lib.load(cfg["data"]["name"], data_dir=cfg["data"].get("data_dir") or None,
+                       seed=int(cfg["seed"]), **opts)
+
+
+def _loader_cls():
+  from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  return data_lib.Loader
+
+
+def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):
+  """The model, its layer table and a sample input (batch 1) of a sweep config (dict or ConfigDict).
+
+  Returns:
+    ``(model, table, sample)``.
+  """
+  from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  model = get_model(cfg["model"]["name"], _space(cfg), int(num_classes))
+  sample = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  return model, trace_table(model, sample), sample
+
+
+def fixed_variables_template(model, sample, n_members: int):
+  """Abstract ``{'params', 'precision'}`` of ``n_members`` stacked fixed-mode members."""
+  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.fixed()), sample)
+  v = {k: v[k] for k in ("params", "precision")}
+  return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_members,) + s.shape, s.dtype), v)
+
+
+def library_versions() -> Dict[str, str]:
+  """Versions of the libraries that determine the numbers."""
+  out = {"python": platform.python_version(), "platform": platform.platform()}
+  for mod in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "numpy", "ml_collections"):
+    try:
+      m = __import__(mod, fromlist=["__version__"])
+      out[mod] = getattr(m, "__version__", "?")
+    except ImportError:
+      pass
+  try:
+    import jpq_jax  # pylint: disable=import-outside-toplevel
+    out["jpq_jax"] = getattr(jpq_jax, "__version__", "?")
+  except ImportError:
+    pass
+  out["backend"] = jax.default_backend()
+  out["devices"] = str([d.device_kind for d in jax.devices()][:4])
+  out["device_count"] = str(jax.device_count())
+  return out
+
+
+# ---- executors ------------------------------------------------------------------------------------------
+def _stack(states: Sequence[Any]) -> Any:
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _unstack(stacked: Any, n: int) -> List[Any]:
+  return [jax.tree_util.tree_map(lambda x: x[k], stacked) for k in range(n)]
+
+
+class _Executor:
+  """Runs per-member pure functions over all members; states live on device."""
+
+  name = "?"
+
+  def __init__(self, step: Callable, evaluate: Callable, end: Callable, n: int):
+    self.n = n
+    self._step, self._eval, self._end = step, evaluate, end
+
+  # Subclasses implement: set_states(stacked), stacked(), train_step, evaluate, end_epoch, map.
+
+
+class LoopExecutor(_Executor):
+  """One jitted single-member step called per member from Python (fastest on XLA:CPU)."""
+
+  name = "loop"
+
+  def __init__(self, step, evaluate, end, n):
+    super().__init__(step, evaluate, end, n)
+    self.step_fn = jax.jit(step, donate_argnums=0)
+    self.eval_fn = jax.jit(evaluate)
+    self.end_fn = jax.jit(end, donate_argnums=0)
+    self.states: List[Any] = []
+
+  def set_states(self, stacked):
+    self.states = _unstack(stacked, self.n)
+
+  def stacked(self):
+    return _stack(self.states)
+
+  def train_step(self, x, y, lam_e, lr_scale, poison):
+    ms = []
+    for k in range(self.n):
+      self.states[k], m = self.step_fn(self.states[k], x, y, lam_e[k], lr_scale, poison[k])
+      ms.append(m)
+    return ms
+
+  def evaluate(self, x, y, mask, params_of=lambda s: (s.params, s.extra, s.temperature)):
+    return [self.eval_fn(*params_of(s), x, y, mask) for s in self.states]
+
+  def end_epoch(self, metric):
+    self.states = [self.end_fn(s, metric[k]) for k, s in enumerate(self.states)]
+
+  def map(self, fn):
+    f = jax.jit(fn)
+    self.states = [f(s) for s in self.states]
+
+
+class VmapExecutor(_Executor):
+  """``jax.vmap`` of the single-member step over the stacked member axis.
+
+  With ``mesh`` (strategy ``sharded``) the member axis is spread over the mesh's ``member`` axis and
+  the batch over its ``data`` axis; XLA inserts the gradient all-reduce over ``data``.
+  """
+
+  name = "vmap"
+
+  def __init__(self, step, evaluate, end, n, mesh=None):
+    super().__init__(step, evaluate, end, n)
+    self.mesh = mesh
+    vstep = jax.vmap(step, in_axes=(0, None, None, 0, None, 0))
+    veval = jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None))
+    vend = jax.vmap(end, in_axes=(0, 0))
+    if mesh is None:
+      self.step_fn = jax.jit(vstep, donate_argnums=0)
+      self.eval_fn = jax.jit(veval)
+      self.end_fn = jax.jit(vend, donate_argnums=0)
+    else:
+      from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+      self.name = "sharded"
+      self.member_sh = NamedSharding(mesh, P("member"))
+      self.data_sh = NamedSharding(mesh, P("data"))
+      self.repl = NamedSharding(mesh, P())
+      self.step_fn = jax.jit(vstep, donate_argnums=0,
+                             out_shardings=(self.member_sh, self.member_sh))
+      self.eval_fn = jax.jit(veval, out_shardings=self.member_sh)
+      self.end_fn = jax.jit(vend, donate_argnums=0, out_shardings=self.member_sh)
+    self.state = None
+
+  def _put(self, x, sh):
+    if self.mesh is None:
+      return x
+    if jax.process_count() > 1:
+      return jax.make_array_from_process_local_data(sh, np.asarray(x))
+    return jax.device_put(x, sh)
+
+  def set_states(self, stacked):
+    if self.mesh is not None:
+      stacked = jax.tree_util.tree_map(lambda a: jax.device_put(a, self.member_sh), stacked)
+    self.state = stacked
+
+  def stacked(self):
+    return self.state
+
+  def train_step(self, x, y, lam_e, lr_scale, poison):
+    if self.mesh is not None:
+      x, y = self._put(x, self.data_sh), self._put(y, self.data_sh)
+      lam_e, poison = jax.device_put(lam_e, self.member_sh), jax.device_put(poison, self.member_sh)
+    self.state, m = self.step_fn(self.state, x, y, lam_e, lr_scale, poison)
+    return m
+
+  def evaluate(self, x, y, mask, params_of=lambda s: (s.params, s.extra, s.temperature)):
+    if self.mesh is not None:
+      x, y, mask = (self._put(a, self.data_sh) for a in (x, y, mask))
+    return self.eval_fn(*params_of(self.state), x, y, mask)
+
+  def end_epoch(self, metric):
+    if self.mesh is not None:
+      metric = jax.device_put(metric, self.member_sh)
+    self.state = self.end_fn(self.state, metric)
+
+  def map(self, fn):
+    self.state = jax.jit(jax.vmap(fn))(self.state)
+
+
+def _to_host(ms) -> Dict[str, np.ndarray]:
+  """Per-member metrics (list of dicts or dict of stacked arrays) -> dict of (M,) numpy arrays."""
+  if isinstance(ms, list):
+    ms = jax.device_get(ms)
+    return {k: np.stack([np.asarray(m[k]) for m in ms]) for k in ms[0]}
+  return {k: np.asarray(v) for k, v in jax.device_get(ms).items()}
+
+
+def choose_strategy(requested: str, n_devices: Optional[int] = None,
+                    backend: Optional[str] = None) -> str:
+  """The strategy ``auto`` stands for on this backend (see the module docstring).
+
+  Args:
+    requested: a strategy name.
+    n_devices: devices (default ``jax.device_count()``).
+    backend: ``jax.default_backend()`` by default.
+
+  Returns:
+    ``loop``, ``vmap``, ``sharded`` or ``measure`` (resolved later by timing).
+  """
+  if requested != "auto":
+    return requested
+  backend = backend or jax.default_backend()
+  n_devices = jax.device_count() if n_devices is None else n_devices
+  if backend == "cpu":
+    # benchmarks/sweep.py: on XLA:CPU the vmapped step (grouped convs) is slower per member than a
+    # Python loop of single-member steps for every N measured; multiple host "devices" share the
+    # same cores, so sharding does not help either.
+    return "loop"
+  return "sharded" if n_devices > 1 else "vmap"
+
+
+def make_mesh(n_members: int, data_devices: int = 1):
+  """A ``('member', 'data')`` mesh over every device."""
+  devs = np.asarray(jax.devices())
+  return jax.sharding.Mesh(devs.reshape(len(devs) // data_devices, data_devices),
+                           ("member", "data"))
+
+
+def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int = 1):
+  """An executor of ``strategy`` (``loop``, ``vmap`` or ``sharded``) for ``n`` members."""
+  if strategy == "loop":
+    return LoopExecutor(step, evaluate, end, n)
+  if strategy == "vmap":
+    return VmapExecutor(step, evaluate, end, n)
+  if strategy == "sharded":
+    return VmapExecutor(step, evaluate, end, n, mesh=make_mesh(n, data_devices))
+  raise ValueError(f"unknown strategy {strategy!r}")
+
+
+# ---- the driver -----------------------------------------------------------------------------------------
+class _Log:
+  """metrics.jsonl (+ TensorBoard through tensorboardX when installed)."""
+
+  def __init__(self, workdir: str, keep_until: Optional[int], enabled: bool):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if not enabled:
+      return
+    if os.path.exists(self.path):
+      # Resume: drop the lines of epochs that ran after the restored checkpoint.
+      with open(self.path) as f:
+        lines = [l for l in f if l.strip()]
+      keep = [l for l in lines if keep_until is not None and json.loads(l).get("ckpt", -1) <= keep_until]
+      with open(self.path, "w") as f:
+        f.writelines(keep)
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+    except ImportError:
+      self.tb = None  # no TensorBoard writer without TensorFlow/tensorboardX: metrics.jsonl only
+
+  def write(self, rec: Mapping):
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+    if self.tb is not None:
+      for k, v in rec.items():
+        if isinstance(v, list):
+          for m, x in enumerate(v):
+            if isinstance(x, (int, float)) and x is not None:
+              self.tb.add_scalar(f"{rec['phase']}/{k}/member{m}", x, rec["ckpt"])
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _finite(v) -> Optional[float]:
+  v = float(v)
+  return v if math.isfinite(v) else None
+
+
+def _padded_batches(split, bs: int, loader_cls):
+  loader = loader_cls(split, bs, seed=0, shuffle=False, augment=None, drop_remainder=False,
+                      process_index=0, process_count=1, prefetch=0)
+  for x, y in loader.epoch(0):
+    n = len(y)
+    mask = np.ones((bs,), np.float32)
+    if n < bs:
+      x = np.concatenate([x, np.zeros((bs - n,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros((bs - n,), y.dtype)])
+      mask[n:] = 0
+    yield x, y, mask
+
+
+def _evaluate(ex, split, bs, loader_cls, n, params_of=None) -> Dict[str, np.ndarray]:
+  tot = None
+  for x, y, mask in _padded_batches(split, bs, loader_cls):
+    out = ex.evaluate(x, y, mask) if params_of is None else ex.evaluate(x, y, mask, params_of)
+    tot = out if tot is None else jax.tree_util.tree_map(jnp.add, tot, out)
+  h = _to_host(tot)
+  return {"acc": h["correct"] / np.maximum(h["count"], 1),
+          "loss": h["loss_sum"] / np.maximum(h["weight_sum"], 1e-12)}
+
+
+def _progress(total, desc, enabled):
+  if not enabled:
+    return None
+  try:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=True)
+
+
+class Sweep:
+  """One sweep run in a work directory (see :func:`run_sweep`)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
+               progress: bool = True):
+    self.cfg = config
+    self.workdir = os.path.abspath(workdir)
+    self.progress = progress
+    self.is_main = jax.process_index() == 0
+    self.members = members_of(config)
+    self.n = len(self.members)
+    self.dataset = dataset
+
+  # -- setup --
+  def _setup(self):
+    cfg = self.cfg
+    if self.dataset is None:
+      self.dataset = load_dataset(cfg)
+    ds = self.dataset
+    self.loader_cls = _loader_cls()
+    self.model, self.table, self.sample = build_model_from_config(cfg, ds.num_classes,
+                                                                  ds.input_shape)
+    T.get_cost_fn(cfg.search.cost)  # fail on a cost model that cannot cost this table
+    reg = T._registry()  # pylint: disable=protected-access
+    bad = []
+    for name in T.cost_names():
+      try:
+        reg.validate_cost(name, self.table)
+      except (ValueError, KeyError):
+        bad.append(name)
+    if cfg.search.cost in bad:
+      reg.validate_cost(cfg.search.cost, self.table)  # re-raise with the registry's message
+    self.report_costs = tuple(c for c in T.cost_names() if c not in bad)
+    self.cw = ds.class_weights if cfg.train.class_weights else None
+    self.train_loader = self.loader_cls(ds.train, int(cfg.train.batch_size), seed=int(cfg.seed),
+                                        shuffle=True, augment=ds.augment, drop_remainder=True)
+    self.steps = self.train_loader.steps_per_epoch
+    if cfg.debug.max_steps_per_epoch:
+      self.steps = min(self.steps, int(cfg.debug.max_steps_per_epoch))
+    requested = cfg.sweep.strategy
+    self.strategy = choose_strategy(requested)
+    if self.n == 1 and self.strategy == "measure":
+      self.strategy = "loop"
+    self.ckpt = ckpt_lib.SweepCheckpointer(os.path.join(self.workdir, "checkpoints"),
+                                           keep=int(cfg.sweep.checkpoint_keep),
+                                           async_save=bool(cfg.sweep.async_checkpoint))
+    self.n_pad = self.n
+    if self.strategy == "sharded":
+      md = jax.device_count() // int(cfg.sweep.data_devices)
+      self.n_pad = -(-self.n // md) * md  # pad members to fill every device of the member axis
+
+  def _phase_fns(self, phase: str):
+    cfg = self.cfg
+    pc = cfg[phase]
+    tx = T.make_optimizer(pc.optimizer.to_dict(),
+                          pc.arch_optimizer.to_dict() if phase == "search" else None)
+    step = T.make_train_step(self.model, self.table, phase, tx, cost=cfg.search.cost,
+                             sampling=cfg.search.sampling, class_weights=self.cw,
+                             label_smoothing=float(cfg.train.label_smoothing))
+    evaluate = T.make_eval_step(self.model, phase, class_weights=self.cw)
+    start = T.earlystop_start(int(pc.epochs), int(cfg.train.earlystop_start))
+    decay = float(cfg.search.temperature_decay) if phase == "search" else 0.0
+    patience = int(cfg.train.patience)
+    end = lambda s, m: T.end_epoch(s, m, start=start, patience=patience, temperature_decay=decay)
+    return tx, step, evaluate, end
+
+  def _member_keys(self, phase_tag: int):
+    # A member's key depends on its seed only (not on its index), so a member of a sweep follows
+    # the same trajectory as the same (lambda, seed) trained alone.
+    return [jax.random.fold_in(jax.random.PRNGKey(m["seed"]), phase_tag) for m in self.members]
+
+  def _pad(self, states: List[Any]) -> List[Any]:
+    # Padding members (sharded strategy) copy member 0 and are marked failed: they never update.
+    pads = [s.replace(failed=jnp.asarray(True)) for s in states[:1]] * (self.n_pad - self.n)
+    return list(states) + pads
+
+  # -- phases --
+  def _initial_states(self, phase: str, tx, variables_per_member, temperature=1.0):
+    keys = self._member_keys(PHASE_TAGS[phase])
+    states = [T.init_state(phase, v, tx, key=k, lam=m["lam"], temperature=temperature)
+              for v, k, m in zip(variables_per_member, keys, self.members)]
+    return _stack(self._pad(states))
+
+  def _make_ex(self, phase, n, strategy=None):
+    tx, step, evaluate, end = self._phase_fns(phase)
+    return tx, make_executor(strategy or self.strategy, step, evaluate, end, n,
+                             int(self.cfg.sweep.data_devices))
+
+  def _measure(self, phase, stacked):
+    """Time a few steps of loop and vmap/sharded on copies of the states; keep the faster."""
+    cands = ["loop", "sharded" if jax.device_count() > 1 else "vmap"]
+    x, y = next(iter(self.train_loader.epoch(0)))
+    lam = np.asarray([m["lam"] for m in self.members] + [0.0] * (self.n_pad - self.n), np.float32)
+    zeros = np.zeros((self.n_pad,), np.float32)
+    best, times = None, {}
+    for c in cands:
+      _, ex = self._make_ex(phase, self.n_pad, c)
+      ex.set_states(jax.tree_util.tree_map(jnp.copy, stacked))
+      jax.block_until_ready(ex.train_step(x, y, lam, np.float32(1.0), zeros))
+      t0 = time.perf_counter()
+      for _ in range(3):
+        out = ex.train_step(x, y, lam, np.float32(1.0), zeros)
+      jax.block_until_ready(out)
+      times[c] = (time.perf_counter() - t0) / 3
+      if best is None or times[c] < times[best]:
+        best = c
+    self.measured = times
+    return best
+
+  def _run_phase(self, phase: str, ex, start_epoch: int, ckpt_base: int, meta: Dict[str, Any],
+                 log: _Log) -> int:
+    cfg = self.cfg
+    pc = cfg[phase]
+    epochs = int(pc.epochs)
+    n = ex.n
+    lams = [m["lam"] for m in self.members] + [0.0] * (n - self.n)
+    monitor = cfg.train.monitor
+    cost_fn = None
+    if phase == "search":
+      cost_jit = jax.jit(jax.vmap(T.make_cost_fn(self.table, (cfg.search.cost,))))
+      cost_fn = lambda st: cost_jit(st.params["arch"], st.temperature)
+    bar = _progress((epochs - start_epoch) * self.steps, f"{phase:8s}", self.progress and self.is_main)
+    t_phase = time.perf_counter()
+    e = start_epoch
+    for e in range(start_epoch, epochs):
+      st = _host_flags(ex)
+      if np.all(st["failed"][:self.n] | st["stopped"][:self.n]):
+        break
+      lr = np.float32(T.lr_factor(pc.schedule, e, epochs))
+      lam_e = (T.strength_at(lams, e, epochs, bool(cfg.search.incremental_strength))
+               if phase == "search" else np.zeros((n,), np.float32))
+      sums = None
+      for i, (x, y) in enumerate(self.train_loader.epoch(e)):
+        if i >= self.steps:
+          break
+        poison = np.zeros((n,), np.float32)
+        if (phase == "search" and cfg.debug.nan_member >= 0 and e == int(cfg.debug.nan_epoch)
+            and i == 0):
+          poison[int(cfg.debug.nan_member)] = np.nan
+        m = ex.train_step(x, y, lam_e, lr, poison)
+        m = _stack(m) if isinstance(m, list) else m
+        sums = m if sums is None else jax.tree_util.tree_map(jnp.add, sums, m)
+        if bar is not None:
+          bar.update(1)
+      train = {k: v / self.steps for k, v in _to_host(sums).items()}
+      val = _evaluate(ex, self.dataset.val, int(cfg.train.eval_batch_size), self.loader_cls, n)
+      hard_cost = None
+      if phase == "search":
+        stacked = ex.stacked()
+        hard_cost = np.asarray(jax.device_get(cost_fn(stacked)["hard"][cfg.search.cost]))
+      if monitor == "acc":
+        metric = val["acc"]
+      else:
+        loss = val["loss"] + (lam_e * hard_cost if hard_cost is not None else 0.0)
+        metric = -loss
+      metric = np.where(np.isfinite(metric), metric, -np.inf).astype(np.float32)
+      ex.end_epoch(metric)
+      flags = _host_flags(ex)
+      ck = ckpt_base + e + 1
+      rec = {"phase": phase, "epoch": e, "ckpt": ck, "lr_factor": float(lr),
+             "temperature": [float(t) for t in flags["temperature"][:self.n]],
+             "lambda": [float(l) for l in lam_e[:self.n]],
+             "train_loss": [_finite(v) for v in train["loss"][:self.n]],
+             "train_task": [_finite(v) for v in train["task"][:self.n]],
+             "train_acc": [_finite(v) for v in train["acc"][:self.n]],
+             "val_acc": [_finite(v) for v in val["acc"][:self.n]],
+             "val_loss": [_finite(v) for v in val["loss"][:self.n]],
+             "failed": [bool(v) for v in flags["failed"][:self.n]],
+             "stopped": [bool(v) for v in flags["stopped"][:self.n]],
+             "best_epoch": [int(v) for v in flags["best_epoch"][:self.n]]}
+      if hard_cost is not None:
+        rec["cost_soft"] = [_finite(v) for v in train["cost"][:self.n]]
+        rec["cost_argmax"] = [_finite(v) for v in hard_cost[:self.n]]
+      if self.is_main:
+        log.write(rec)
+      if bar is not None:
+        ok = ~flags["failed"][:self.n]
+        post = {"val_acc": f"{np.nanmax(np.where(ok, val['acc'][:self.n], np.nan)):.3f}"
+                if ok.any() else "-", "failed": int((~ok).sum())}
+        if hard_cost is not None:
+          post["cost"] = f"{np.nanmin(hard_cost[:self.n]):.3g}-{np.nanmax(hard_cost[:self.n]):.3g}"
+        bar.set_postfix(post)
+      meta = dict(meta, phase=phase, epoch=e + 1,
+                  times=dict(meta.get("times", {}),
+                             **{phase: meta.get("times", {}).get(phase, 0.0)
+                                + time.perf_counter() - t_phase}))
+      t_phase = time.perf_counter()
+      self._save(ck, ex.stacked(), meta)
+      self._meta = meta
+    if bar is not None:
+      bar.close()
+    return ckpt_base + epochs
+
+  # -- main --
+  def run(self) -> Dict[str, Any]:
+    """Run (or resume) the sweep; returns the results (also written to ``results.json``)."""
+    cfg = self.cfg
+    validate_config(cfg, self.workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self._setup()
+    if self.is_main:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        json.dump({"config": json.loads(cfg.to_json_best_effort()),
+                   "versions": library_versions(), "strategy": self.strategy,
+                   "argv": sys.argv}, f, indent=2)
+    step = self.ckpt.latest_step()
+    meta = self.ckpt.meta(step) if step is not None else None
+    log = _Log(self.workdir, step if step is not None else -1, self.is_main)
+    self._meta = meta or {"times": {}}
+    e_w, e_s, e_f = int(cfg.warmup.epochs), int(cfg.search.epochs), int(cfg.finetune.epochs)
+    phase = meta["phase"] if meta else "warmup"
+    epoch = meta["epoch"] if meta else 0
+    try:
+      # ---- warm-up (one shared float model) ----
+      warm_dir = os.path.join(self.workdir, "warmup")
+      float_vars = None
+      if phase == "warmup":
+        reuse = cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir) else "")
+        if reuse:
+          float_vars = ckpt_lib.load_tree(reuse, self._float_template())
+        else:
+          float_vars = self._warmup(epoch, step, log)
+          if self.is_main:
+            ckpt_lib.save_tree(warm_dir, float_vars)
+        phase, epoch = "search_init", 0
+      # ---- search ----
+      # Checkpoint steps: warm-up epochs 1..e_w, search start e_w+1, search epochs up to
+      # e_w+1+e_s, fine-tune start e_w+e_s+2, fine-tune epochs, then "done".
+      base_s = e_w + 1
+      if phase in ("search_init", "search"):
+        tx, ex = None, None
+        if phase == "search_init":
+          if float_vars is None:
+            float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
+          from jpq_jax.fold import to_search  # pylint: disable=import-outside-toplevel
+          svars = to_search(self.model, float_vars, self.sample, table=self.table)
+          tx, _, _, _ = self._phase_fns("search")
+          stacked = self._initial_states("search", tx, [svars] * self.n,
+                                         float(cfg.search.temperature))
+          if cfg.sweep.strategy == "measure" and self.n > 1:
+            self.strategy = self._measure("search", stacked)
+          epoch = 0
+          self._meta = dict(self._meta, phase="search", epoch=0, strategy=self.strategy)
+          self._save(base_s, stacked, self._meta)
+        else:
+          stacked = self.ckpt.restore(step, self._search_template())
+          self.strategy = self._meta.get("strategy", self.strategy)
+        _, ex = self._make_ex("search", self.n_pad)
+        ex.set_states(stacked)
+        self._run_phase("search", ex, epoch, base_s, self._meta, log)
+        ex.map(T.restore_best)
+        search_final = ex.stacked()
+        costs = self._costs(search_final)
+        self._meta = dict(self._meta, search_costs=costs,
+                          search_best_epoch=[int(v) for v in
+                                             np.asarray(search_final.best_epoch)[:self.n]],
+                          search_failed=[bool(v) for v in np.asarray(search_final.failed)[:self.n]],
+                          final_temperature=[float(v) for v in
+                                             np.asarray(search_final.temperature)[:self.n]])
+        # ---- conversion to fine-tuning: frozen argmax architecture ----
+        tx, _, _, _ = self._phase_fns("finetune")
+        fz = jax.jit(jax.vmap(lambda p: T.finetune_variables(p, self.table)))(search_final.params)
+        per = _unstack(fz, self.n_pad)[:self.n]
+        stacked = self._initial_states("finetune", tx, per)
+        failed = jnp.asarray(search_final.failed)
+        stacked = stacked.replace(failed=failed)
+        phase, epoch = "finetune", 0
+        self._meta = dict(self._meta, phase="finetune", epoch=0)
+        self._save(e_w + e_s + 2, stacked, self._meta)
+        restored = None
+      else:
+        restored = step
+      # ---- fine-tune ----
+      base_f = e_w + e_s + 2
+      if phase == "finetune":
+        if restored is not None:
+          stacked = self.ckpt.restore(restored, self._finetune_template())
+          self.strategy = self._meta.get("strategy", self.strategy)
+        _, ex = self._make_ex("finetune", self.n_pad)
+        ex.set_states(stacked)
+        self._run_phase("finetune", ex, epoch, base_f, self._meta, log)
+        ex.map(T.restore_best)
+        final = ex.stacked()
+        results = self._results(ex, final)
+        if self.is_main:
+          fin = {"params": final.params["params"], "precision": final.extra["precision"]}
+          fin = jax.tree_util.tree_map(lambda a: np.asarray(a)[:self.n], fin)
+          ckpt_lib.save_tree(os.path.join(self.workdir, "final"), fin)
+        self._meta = dict(self._meta, phase="done", epoch=0)
+        self._save(base_f + e_f + 1, final, self._meta)
+      else:  # already done: rebuild the results from the files
+        with open(os.path.join(self.workdir, "results.json")) as f:
+          results = json.load(f)
+    finally:
+      self.ckpt.close()
+      log.close()
+    if self.is_main:
+      from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+      pareto.write_results(self.workdir, results)
+    return results
+
+  # -- pieces --
+  def _save(self, step, state, meta):
+    # The executors donate their state to the next step: hand Orbax host copies (the async write
+    # then runs while training continues). Multi-process arrays are passed as they are.
+    if jax.process_count() == 1:
+      state = jax.device_get(state)
+    self.ckpt.save(step, state, meta)
+
+  def _float_template(self):
+    v = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x, Ctx.float()),
+                       self.sample)
+    return {k: v[k] for k in v if k in ("params", "batch_stats")}
+
+  def _template(self, phase, variables):
+    tx, _, _, _ = self._phase_fns(phase)
+    one = jax.eval_shape(lambda v: T.init_state(phase, v, tx, key=jax.random.PRNGKey(0)), variables)
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((self.n_pad,) + s.shape, s.dtype),
+                                  one)
+
+  def _search_template(self):
+    v = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x, Ctx.search()),
+                       self.sample)
+    return self._template("search", {k: v[k] for k in ("params", "arch")})
+
+  def _finetune_template(self):
+    v = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x, Ctx.fixed()),
+                       self.sample)
+    return self._template("finetune", {k: v[k] for k in ("params", "precision")})
+
+  def _warmup(self, start_epoch, step, log) -> Dict[str, Any]:
+    cfg = self.cfg
+    tx, _, _, _ = self._phase_fns("warmup")
+    key = jax.random.PRNGKey(int(cfg.seed))
+    k_init, k_train = jax.random.split(key)
+    template_states = None
+    if start_epoch > 0 and step is not None:
+      template_states = self.ckpt.restore(step, self._template_warmup(tx))
+    else:
+      v = jax.jit(lambda x: self.model.init(k_init, x, Ctx.float()))(self.sample)
+      v = {k: v[k] for k in ("params", "batch_stats")}
+      template_states = _stack([T.init_state("warmup", v, tx, key=k_train)])
+    _, ex = self._make_ex("warmup", 1, "loop")
+    ex.set_states(template_states)
+    n_real, self.n = self.n, 1
+    try:
+      if int(cfg.warmup.epochs) > 0:
+        self._run_phase("warmup", ex, start_epoch, 0, self._meta, log)
+    finally:
+      self.n = n_real
+    ex.map(T.restore_best)
+    st = ex.states[0]
+    self._meta = dict(self._meta, warmup_best_epoch=int(st.best_epoch))
+    return {**st.params, **st.extra}
+
+  def _template_warmup(self, tx):
+    v = self._float_template()
+    one = jax.eval_shape(lambda v: T.init_state("warmup", v, tx, key=jax.random.PRNGKey(0)), v)
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((1,) + s.shape, s.dtype), one)
+
+  def _costs(self, stacked) -> Dict[str, Any]:
+    fn = jax.jit(jax.vmap(T.make_cost_fn(self.table, self.report_costs)))
+    out = jax.device_get(fn(stacked.params["arch"], stacked.temperature))
+    return {kind: {name: [_finite(v) for v in np.asarray(vals)[:self.n]]
+                   for name, vals in out[kind].items()} for kind in ("soft", "hard")}
+
+  def _results(self, ex, final) -> Dict[str, Any]:
+    from jpq_jax.arch import precision_summary  # pylint: disable=import-outside-toplevel
+    cfg = self.cfg
+    ds = self.dataset
+    bs = int(cfg.train.eval_batch_size)
+    evals = {"val": _evaluate(ex, ds.val, bs, self.loader_cls, ex.n),
+             "test": _evaluate(ex, ds.test, bs, self.loader_cls, ex.n)}
+    for name, split in (ds.extra_tests or {}).items():
+      evals[f"test_{name}"] = _evaluate(ex, split, bs, self.loader_cls, ex.n)
+    # Fixed-mode costs: the one-hot theta of the frozen precision (equals the argmax of the search).
+    from jpq_jax.arch import thetas  # pylint: disable=import-outside-toplevel
+    reg = T._registry()  # pylint: disable=protected-access
+    fixed_costs = jax.jit(jax.vmap(lambda prec: reg.all_costs(
+        self.table, thetas({"precision": prec}, self.table, Ctx.fixed()), self.report_costs)))(
+            final.extra["precision"])
+    fixed_costs = jax.device_get(fixed_costs)
+    sc = self._meta.get("search_costs", {"soft": {}, "hard": {}})
+    times = self._meta.get("times", {})
+    total = sum(times.get(p, 0.0) for p in ("search", "finetune"))
+    flags = _host_flags(ex)
+    members = []
+    for k, m in enumerate(self.members):
+      prec = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], final.extra["precision"])
+      groups = precision_summary(prec, self.table)
+      layers = {}
+      for l in self.table.layers:
+        g = groups[l.w_group]
+        hist = g.get("w_bits_hist", {})
+        kept = g.get("kept", l.cout)
+        mean_bits = (sum(b * c for b, c in hist.items()) / kept) if kept else 0.0
+        layers[l.name] = {"group": l.w_group, "cout": l.cout, "kept": kept,
+                          "w_bits_hist": {str(b): c for b, c in hist.items()},
+                          "mean_w_bits": mean_bits,
+                          "a_bits": g.get("a_bits")}
+      failed = bool(flags["failed"][k])
+      rec = {"member": k, "lambda": m["lam"], "seed": m["seed"], "failed": failed,
+             "status": "failed (non-finite loss)" if failed else "ok",
+             "warmup_best_epoch": self._meta.get("warmup_best_epoch"),
+             "search_best_epoch": self._meta.get("search_best_epoch", [None] * self.n)[k],
+             "finetune_best_epoch": int(flags["best_epoch"][k]),
+             "final_temperature": self._meta.get("final_temperature", [None] * self.n)[k],
+             "costs_soft": {n: v[k] for n, v in sc.get("soft", {}).items()},
+             "costs_argmax": {n: _finite(np.asarray(v)[k]) for n, v in fixed_costs.items()},
+             "layers": layers,
+             "groups": {g: {kk: (({str(b): c for b, c in vv.items()}) if isinstance(vv, dict) else vv)
+                            for kk, vv in rec_.items()} for g, rec_ in groups.items()},
+             "train_time_s": total / max(self.n, 1),
+             "sweep_time_s": total}
+      for split, ev in evals.items():
+        rec[f"{split}_acc"] = None if failed else _finite(ev["acc"][k])
+        rec[f"{split}_loss"] = None if failed else _finite(ev["loss"][k])
+      members.append(rec)
+    from jpq_jax.costs import registry as creg  # pylint: disable=import-outside-toplevel
+    return {"name": cfg.name, "dataset": ds.name, "model": cfg.model.name,
+            "num_classes": int(ds.num_classes), "input_shape": list(ds.input_shape),
+            "search_cost": cfg.search.cost, "pareto_cost": cfg.sweep.pareto_cost or cfg.search.cost,
+            "pareto_metric": cfg.sweep.pareto_metric,
+            "cost_units": {n: creg.cost_unit(n) for n in self.report_costs},
+            "strategy": self.strategy, "measured_step_s": getattr(self, "measured", None),
+            "times_s": times, "versions": library_versions(), "members": members}
+
+
+PHASE_TAGS = {"warmup": 0, "search": 1, "finetune": 2}
+
+
+def _host_flags(ex) -> Dict[str, np.ndarray]:
+  if isinstance(ex, LoopExecutor):
+    sts = ex.states
+    get = lambda f: np.stack([np.asarray(jax.device_get(getattr(s, f))) for s in sts])
+  else:
+    get = lambda f: np.asarray(jax.device_get(getattr(ex.state, f)))
+  return {f: get(f) for f in ("failed", "stopped", "best_epoch", "temperature")}
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
+              progress: bool = True) -> Dict[str, Any]:
+  """Run (or resume) a sweep in ``workdir``.
+
+  Args:
+    config: a sweep config (see :func:`base_config`); validated first (:func:`validate_config`).
+    workdir: the run's directory; an interrupted run there is resumed from its last checkpoint.
+    dataset: optional :class:`jpq_jax.data.Dataset` (default: loaded from ``config.data``).
+    progress: show tqdm progress bars.
+
+  Returns:
+    The results (``members``: accuracy, costs, per-layer bits, ...), also in ``results.json``.
+
+  Raises:
+    ConfigError: invalid config (before anything is compiled).
+  """
+  if config.distributed.enabled and jax.process_count() == 1:
+    jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address or None,
+                               num_processes=int(config.distributed.num_processes) or None,
+                               process_id=int(config.distributed.process_id))
+  validate_config(config, workdir)
+  return Sweep(config, workdir, dataset=dataset, progress=progress).run()

@@ -1,0 +1,35 @@
+"""Pareto front extraction and result files."""
+
+import json
+import os
+
+from jpq_jax import pareto
+
+
+def test_front_basic():
+  pts = [(10, 0.5), (5, 0.6), (20, 0.9), (20, 0.8), (30, 0.9), (None, 0.99), (5, 0.6), (1, 0.1)]
+  assert pareto.pareto_front(pts) == [7, 1, 2]
+
+
+def _results():
+  ms = []
+  for k, (c, a) in enumerate([(100, .9), (50, .85), (70, .8), (20, .7), (10, None)]):
+    ms.append({"member": k, "lambda": 10.0 ** -k, "seed": 14, "failed": a is None,
+               "status": "ok", "costs_argmax": {"size": c}, "costs_soft": {"size": c},
+               "val_acc": a, "test_acc": a,
+               "layers": {"l": {"group": "g", "cout": 4, "kept": 3, "w_bits_hist": {"0": 1, "8": 3},
+                                "mean_w_bits": 8.0, "a_bits": 8}}})
+  return {"name": "t", "model": "demo", "dataset": "demo", "pareto_cost": "size",
+          "pareto_metric": "test_acc", "cost_units": {"size": "bits"}, "members": ms}
+
+
+def test_write_results(tmp_path):
+  front = pareto.write_results(str(tmp_path), _results())
+  assert [r["member"] for r in front] == [3, 1, 0]
+  for f in ("results.json", "pareto.json", "pareto.csv", "pareto.png"):
+    assert os.path.getsize(tmp_path / f) > 0
+  with open(tmp_path / "pareto.json") as f:
+    assert len(json.load(f)["front"]) == 3
+  text = pareto.format_front(_results())
+  assert "3 points" in text
+  assert "kept/cout" in pareto.format_member(_results(), 0)
