@@ -1,0 +1,272 @@
+"""Compare the fronts of several sweeps: one plot, and cost reduction at iso-accuracy.
+
+The paper's headline metric is a cost (size) reduction *at iso-accuracy*: how much cheaper the
+method's front is at the accuracy a baseline reaches. This module reads the ``results.json`` of
+several sweep work directories (one method each: the joint search, fixed-precision QAT, PIT, ...),
+extracts each Pareto front (accuracy to maximise, cost to minimise, members that failed left out)
+and computes, for every pair (method, baseline):
+
+* for each point of the baseline's front, the method's cost at the same accuracy, read off the
+  method's front by **linear interpolation of log(cost) against accuracy between the two adjacent
+  front points** (the cheapest front point reaching it when the accuracy lies above all but one;
+  "not reached" when the method's front never reaches that accuracy), and the reduction
+  ``1 - cost_method / cost_baseline``;
+* the headline: that reduction at the baseline's most accurate front point (for a fixed-precision
+  baseline, its only point, as in "47.5% smaller than w8a8 at the same accuracy").
+
+Writes ``compare.md`` (tables), ``compare.json`` and ``compare.png`` (every front, accuracy vs cost,
+log x; sizes in kB).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Run", "load_run", "pareto_front", "cost_at_accuracy", "iso_accuracy",
+           "compare_runs", "write_comparison"]
+
+
+class Run:
+  """One sweep's members as (cost, accuracy) points.
+
+  Attributes:
+    name: display name (the method, or the work directory's name).
+    workdir: where it was read from.
+    points: list of dicts ``{member, lambda, cost, accuracy, ...}`` (failed members excluded).
+    failed: number of failed members left out.
+    cost: the cost name; unit: its unit.
+    metric: the accuracy field used.
+    train_time_s: total training time (warm-up + search + fine-tune, and any extra phases).
+  """
+
+  def __init__(self, name, workdir, points, failed, cost, unit, metric, train_time_s, times):
+    self.name, self.workdir, self.points, self.failed = name, workdir, points, failed
+    self.cost, self.unit, self.metric = cost, unit, metric
+    self.train_time_s, self.times = train_time_s, times
+
+  @property
+  def front(self) -> List[Dict[str, Any]]:
+    """The Pareto-optimal points, by increasing cost."""
+    return pareto_front(self.points)
+
+
+def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
+             name: Optional[str] = None) -> Run:
+  """Read a sweep's ``results.json``.
+
+  Args:
+    workdir: the sweep's work directory.
+    cost: cost name to compare on (default: the run's Pareto cost).
+    metric: accuracy field (``test_acc`` or ``val_acc``).
+    name: display name (default: the run's ``method``, else its ``name``, else the folder name).
+
+  Returns:
+    The :class:`Run`.
+
+  Raises:
+    FileNotFoundError: no results.json (the sweep did not finish).
+    ValueError: the cost or the metric is not in the results.
+  """
+  path = pathlib.Path(workdir) / "results.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {workdir!r} holds no finished sweep")
+  with open(path) as f:
+    res = json.load(f)
+  cost = cost or res.get("pareto_cost") or "size"
+  units = res.get("cost_units", {})
+  pts, failed = [], 0
+  for m in res.get("members", []):
+    if m.get("failed") or m.get("status", "ok") != "ok":
+      failed += 1
+      continue
+    costs = m.get("costs_argmax") or {}
+    if cost not in costs:
+      raise ValueError(f"{workdir}: cost {cost!r} not in the results (have {sorted(costs)})")
+    if metric not in m:
+      raise ValueError(f"{workdir}: metric {metric!r} not in the results")
+    c, a = costs[cost], m[metric]
+    if c is None or a is None or not math.isfinite(c) or not math.isfinite(a):
+      failed += 1
+      continue
+    pts.append({"member": m.get("member"), "lambda": m.get("lambda"), "cost": float(c),
+                "accuracy": float(a)})
+  times = res.get("times_s", {}) or {}
+  label = name or res.get("method") or res.get("name") or pathlib.Path(workdir).name
+  return Run(label, str(workdir), pts, failed, cost, units.get(cost, ""), metric,
+             float(sum(v for v in times.values() if v)), times)
+
+
+def pareto_front(points: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Points not dominated by another (lower-or-equal cost and higher accuracy), by cost.
+
+  Args:
+    points: dicts with ``cost`` and ``accuracy``.
+
+  Returns:
+    The front, sorted by increasing cost (and so increasing accuracy).
+  """
+  pts = sorted(points, key=lambda p: (p["cost"], -p["accuracy"]))
+  front, best = [], -math.inf
+  for p in pts:
+    if p["accuracy"] > best:
+      front.append(p)
+      best = p["accuracy"]
+  return front
+
+
+def cost_at_accuracy(front: Sequence[Dict[str, Any]], accuracy: float) -> Optional[float]:
+  """The cost a front needs to reach ``accuracy`` (log-linear interpolation; None if never).
+
+  Args:
+    front: a Pareto front sorted by cost (see :func:`pareto_front`).
+    accuracy: the target accuracy.
+
+  Returns:
+    The interpolated cost, or None when no front point reaches ``accuracy``.
+  """
+  if not front or front[-1]["accuracy"] < accuracy:
+    return None
+  if front[0]["accuracy"] >= accuracy:
+    return front[0]["cost"]
+  for lo, hi in zip(front[:-1], front[1:]):
+    if lo["accuracy"] < accuracy <= hi["accuracy"]:
+      t = (accuracy - lo["accuracy"]) / (hi["accuracy"] - lo["accuracy"])
+      return float(math.exp(math.log(lo["cost"]) + t * (math.log(hi["cost"]) - math.log(lo["cost"]))))
+  return front[-1]["cost"]  # unreachable for a proper front
+
+
+def iso_accuracy(method: Run, baseline: Run) -> Dict[str, Any]:
+  """Cost reduction of ``method`` against ``baseline`` at the baseline's front accuracies.
+
+  Args:
+    method: the run whose front is measured.
+    baseline: the run it is compared against (same cost and metric).
+
+  Returns:
+    ``{"points": [...], "headline": {...}}`` where each point gives the baseline's accuracy and
+    cost, the method's interpolated cost (None if not reached) and the reduction.
+
+  Raises:
+    ValueError: the two runs use different costs or metrics.
+  """
+  if method.cost != baseline.cost or method.metric != baseline.metric:
+    raise ValueError(f"cannot compare {method.name!r} ({method.cost}, {method.metric}) with "
+                     f"{baseline.name!r} ({baseline.cost}, {baseline.metric})")
+  mf = method.front
+  rows = []
+  for p in baseline.front:
+    c = cost_at_accuracy(mf, p["accuracy"])
+    red = None if c is None or p["cost"] <= 0 else 1.0 - c / p["cost"]
+    rows.append({"accuracy": p["accuracy"], "baseline_cost": p["cost"], "method_cost": c,
+                 "reduction": red})
+  head = rows[-1] if rows else None
+  return {"method": method.name, "baseline": baseline.name, "points": rows, "headline": head,
+          "interpolation": "log-linear cost vs accuracy between adjacent front points"}
+
+
+def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[str, Any]:
+  """Every pairwise iso-accuracy comparison of ``reference`` (default: the first run) vs the rest.
+
+  Args:
+    runs: the runs (same cost and metric).
+    reference: name of the method whose reductions are reported.
+
+  Returns:
+    A JSON-able dict with the fronts, the comparisons and the training times.
+
+  Raises:
+    ValueError: fewer than two runs, or an unknown reference.
+  """
+  if len(runs) < 2:
+    raise ValueError("compare needs at least two sweep directories")
+  names = [r.name for r in runs]
+  ref = runs[0] if reference is None else next((r for r in runs if r.name == reference), None)
+  if ref is None:
+    raise ValueError(f"unknown reference {reference!r}; runs: {names}")
+  return {
+      "cost": ref.cost, "unit": ref.unit, "metric": ref.metric, "reference": ref.name,
+      "runs": [{"name": r.name, "workdir": r.workdir, "front": r.front, "n_points": len(r.points),
+                "failed": r.failed, "train_time_s": r.train_time_s, "times_s": r.times}
+               for r in runs],
+      "comparisons": [iso_accuracy(ref, r) for r in runs if r is not ref],
+  }
+
+
+def _fmt_cost(c, unit):
+  if c is None:
+    return "not reached"
+  if unit == "bits":
+    return f"{c / 8000:.2f} kB"
+  return f"{c:,.0f} {unit}".strip()
+
+
+def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = None) -> Dict[str, Any]:
+  """Write ``compare.md``, ``compare.json`` and ``compare.png`` into ``out``.
+
+  Args:
+    runs: the runs to compare.
+    out: output directory (created).
+    reference: the method whose reductions are reported (default: the first run).
+
+  Returns:
+    The comparison dict (also in compare.json).
+  """
+  comp = compare_runs(runs, reference)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "compare.json"), "w") as f:
+    json.dump(comp, f, indent=2)
+  unit = comp["unit"]
+  lines = [f"# Comparison on {comp['cost']} ({unit}) vs {comp['metric']}", "",
+           "| method | front points | failed | best accuracy | cheapest front cost | training time |",
+           "|---|---|---|---|---|---|"]
+  for r in comp["runs"]:
+    fr = r["front"]
+    best = f"{100 * fr[-1]['accuracy']:.2f}%" if fr else "-"
+    cheap = _fmt_cost(fr[0]["cost"], unit) if fr else "-"
+    lines.append(f"| {r['name']} | {len(fr)} | {r['failed']} | {best} | {cheap} | "
+                 f"{r['train_time_s']:.0f} s |")
+  lines += ["", f"Cost reduction of **{comp['reference']}** at iso-accuracy (cost read off its front "
+            "by log-linear interpolation between adjacent points):", "",
+            "| baseline | accuracy | baseline cost | method cost | reduction |", "|---|---|---|---|---|"]
+  for c in comp["comparisons"]:
+    for p in c["points"]:
+      red = "-" if p["reduction"] is None else f"{100 * p['reduction']:.2f}%"
+      mark = " (headline)" if p is c["headline"] else ""
+      lines.append(f"| {c['baseline']}{mark} | {100 * p['accuracy']:.2f}% | "
+                   f"{_fmt_cost(p['baseline_cost'], unit)} | {_fmt_cost(p['method_cost'], unit)} | "
+                   f"{red} |")
+  with open(os.path.join(out, "compare.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  _plot(comp, os.path.join(out, "compare.png"))
+  return comp
+
+
+def _plot(comp, path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  scale, xl = (1 / 8000, "size (kB)") if comp["unit"] == "bits" else (1.0, f"{comp['cost']} ({comp['unit']})")
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for r in comp["runs"]:
+    fr = r["front"]
+    if not fr:
+      continue
+    xs = np.array([p["cost"] for p in fr]) * scale
+    ys = 100 * np.array([p["accuracy"] for p in fr])
+    style = "o-" if len(fr) > 1 else "s"
+    ax.plot(xs, ys, style, label=r["name"], ms=6)
+  ax.set_xscale("log")
+  ax.set_xlabel(xl)
+  ax.set_ylabel(f"{comp['metric']} (%)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  ax.set_title(f"Pareto fronts: {comp['metric']} vs {comp['cost']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
