@@ -30,9 +30,30 @@ __all__ = ["SweepCheckpointer", "save_tree", "load_tree", "restore_member", "abs
 
 
 def abstract_like(tree: Any) -> Any:
-  """The abstract target (shapes and dtypes, no data) of a pytree of arrays."""
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-                                if not isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+  """The abstract restore target (shapes, dtypes, no data) of a pytree of arrays.
+
+  Leaves without a sharding are restored whole onto this process's first device: with several
+  processes (``jax.distributed``) every process then reads the full value, and the sweep driver
+  spreads it over the global mesh itself; Orbax's default device (``jax.devices()[0]``) would belong
+  to process 0 only.
+  """
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return x if x.sharding is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local)
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=local)
+
+  return jax.tree_util.tree_map(leaf, tree)
+
+
+def _for_save(tree: Any) -> Any:
+  # Process-local arrays go to Orbax as host numpy, which it writes from process 0 only (with several
+  # processes every process holds the same values); arrays spread over processes stay jax Arrays,
+  # of which every process writes its own shards.
+  return jax.tree_util.tree_map(
+      lambda a: a if isinstance(a, jax.Array) and not a.is_fully_addressable
+      else np.asarray(jax.device_get(a)), tree)
 
 
 class SweepCheckpointer:
@@ -57,7 +78,11 @@ class SweepCheckpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: Mapping) -> None:
-    """Save (asynchronously) ``state`` and ``meta`` as ``step``."""
+    """Save (asynchronously) ``state`` and ``meta`` as ``step``.
+
+    With several processes every process must call this (Orbax synchronises them); process 0
+    writes ``meta`` and the process-local arrays.
+    """
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(dict(meta))),
                       force=True)
@@ -87,9 +112,9 @@ class SweepCheckpointer:
 
 
 def save_tree(path: str, tree: Any) -> None:
-  """Save a pytree synchronously to ``path`` (overwrites)."""
+  """Save a pytree synchronously to ``path`` (overwrites); call it on every process."""
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(path), tree, force=True)
+  ckptr.save(os.path.abspath(path), _for_save(tree), force=True)
   ckptr.wait_until_finished()
   ckptr.close()
 

@@ -11,6 +11,15 @@ Usage::
 
 Overrides are ``--config.a.b=value`` or ``a.b=value``; tuples take comma-separated values. A
 killed sweep resumes when rerun with the same ``--workdir`` and config.
+
+Multi-host (``jax.distributed``): start one ``jpq sweep`` per process, same config and work
+directory (a shared filesystem), each with its ``process_id``::
+
+  jpq sweep --config c.py --workdir runs/x distributed.enabled=true \
+      distributed.coordinator_address=10.0.0.1:9876 distributed.num_processes=2 \
+      distributed.process_id=0        # and =1 on the other process
+
+Only process 0 prints the front and writes the result files.
 """
 
 from __future__ import annotations
@@ -130,8 +139,11 @@ def _cmd_sweep(args, rest: List[str]) -> int:
   except sweep.ConfigError as e:
     print(f"jpq sweep: invalid config: {e}", file=sys.stderr)
     return 2
-  print(pareto.format_front(results))
-  print(f"results in {os.path.abspath(workdir)} (results.json, pareto.json/.csv/.png)")
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:  # the other processes of a multi-host sweep print nothing
+    print(pareto.format_front(results))
+    print(f"results in {os.path.abspath(workdir)} (results.json, pareto.json/.csv/.png, "
+          "tensorboard/)")
   return 0
 
 
@@ -160,6 +172,16 @@ def _cmd_inspect(args, rest) -> int:
   return 0
 
 
+def _cmd_export(args, rest) -> int:
+  from jpq_jax import export  # pylint: disable=import-outside-toplevel
+  if rest:
+    raise SystemExit(f"jpq export: unexpected arguments {rest}")
+  bundle = export.export_member(args.workdir, args.member, args.out)
+  print(bundle.report())
+  print(f"bundle: {os.path.abspath(args.out)} (manifest.json, weights.npz)")
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point of the ``jpq`` command (``[project.scripts] jpq = "jpq_jax.cli:main"``)."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -175,12 +197,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = sub.add_parser("inspect", help="per-layer bits and kept channels of one member")
   p.add_argument("workdir")
   p.add_argument("--member", type=int, default=0)
+  p = sub.add_parser("export", help="export one member as a compact integer bundle")
+  p.add_argument("workdir")
+  p.add_argument("--member", type=int, default=0)
+  p.add_argument("--out", required=True, help="bundle directory to write")
   args, rest = parser.parse_known_args(argv)
   try:
     if args.cmd == "sweep":
       return _cmd_sweep(args, rest)
     if args.cmd == "report":
       return _cmd_report(args, rest)
+    if args.cmd == "export":
+      return _cmd_export(args, rest)
     return _cmd_inspect(args, rest)
   except (ValueError, FileNotFoundError, IndexError) as e:
     print(f"jpq {args.cmd}: {e}", file=sys.stderr)

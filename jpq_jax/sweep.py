@@ -49,7 +49,7 @@ from jpq_jax.table import LayerTable, trace_table
 __all__ = [
     "STRATEGIES", "base_config", "demo_config", "validate_config", "ConfigError", "run_sweep",
     "build_model_from_config", "fixed_variables_template", "choose_strategy", "make_executor",
-    "load_dataset", "library_versions",
+    "load_dataset", "library_versions", "init_distributed",
 ]
 
 STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
@@ -85,8 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
     sweep: ``lambdas``, ``seeds`` (members = lambdas x seeds), ``strategy``, ``data_devices``
       (size of the mesh's ``data`` axis for ``sharded``), ``checkpoint_keep``, ``async_checkpoint``,
       ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric``.
-    distributed: ``enabled``, ``coordinator_address``, ``num_processes``, ``process_id``
-      (``jax.distributed.initialize``).
+    distributed: ``enabled``, ``coordinator_address`` (``host:port`` of process 0),
+      ``coordinator_bind_address`` (where process 0 listens; JAX's default is every interface,
+      ``[::]:port``), ``num_processes``, ``process_id`` (``jax.distributed.initialize``; empty or
+      0 fields are auto-detected by JAX on SLURM / Cloud TPU). With several processes,
+      ``train.batch_size`` stays the global batch, only process 0 writes the result files, and
+      ``sweep.strategy`` ``auto`` means ``sharded`` (members spread over every process's devices).
     debug: ``nan_member``/``nan_epoch`` (force a NaN loss in one member, fault-isolation tests),
       ``max_steps_per_epoch`` (0 = all).
   """
@@ -116,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
       lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
       async_checkpoint=True, pareto_cost="", pareto_metric="test_acc"))
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
-                                                 num_processes=1, process_id=0))
+                                                 coordinator_bind_address="", num_processes=1,
+                                                 process_id=0))
   c.debug = ml_collections.ConfigDict(dict(nan_member=-1, nan_epoch=0, max_steps_per_epoch=0))
   return c
 
@@ -248,8 +253,10 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       with open(path) as f:
         old = json.load(f).get("config", {})
       new = json.loads(cfg.to_json_best_effort())
+      # ``distributed`` describes how a run is launched, not what it computes (process_id even
+      # differs between the processes of one run).
       diff = _first_diff(old, new, ignore=("sweep.strategy", "sweep.async_checkpoint",
-                                           "sweep.checkpoint_keep", "debug"))
+                                           "sweep.checkpoint_keep", "debug", "distributed"))
       if diff is not None:
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
                            f"differs at {diff!r}); use a new --workdir or the same config to resume")
@@ -336,14 +343,62 @@ def _unstack(stacked: Any, n: int) -> List[Any]:
   return [jax.tree_util.tree_map(lambda x: x[k], stacked) for k in range(n)]
 
 
+def _is_global(a) -> bool:
+  """Whether ``a`` is a ``jax.Array`` spread over several processes (multi-host ``sharded``)."""
+  return isinstance(a, jax.Array) and not a.is_fully_addressable
+
+
+def _host(a) -> np.ndarray:
+  """The whole value of ``a`` as numpy on this process.
+
+  An array spread over processes is all-gathered: that is a collective, so every process must call
+  this at the same point (the driver's code paths are identical on every process for that reason).
+  """
+  if _is_global(a):
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+  return np.asarray(jax.device_get(a))
+
+
+def _host_tree(tree: Any) -> Any:
+  return jax.tree_util.tree_map(_host, tree)
+
+
+def _put_global(a, sharding):
+  """``a`` (the same whole value on every process) placed with ``sharding`` over the global mesh.
+
+  ``jax.device_put`` cannot address another process's devices, so with several processes every
+  process builds its own shards from its copy of the value.
+  """
+  if jax.process_count() == 1 or _is_global(a):
+    return jax.device_put(a, sharding)
+  a = np.asarray(jax.device_get(a))
+  return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def _barrier(name: str) -> None:
+  """Wait for every process (no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 class _Executor:
   """Runs per-member pure functions over all members; states live on device."""
 
   name = "?"
+  # Whether train_step takes this process's slice of the global batch (the Loader's process
+  # sharding) instead of the whole batch; only a mesh whose data axis spans the processes does.
+  local_batch = False
 
   def __init__(self, step: Callable, evaluate: Callable, end: Callable, n: int):
     self.n = n
     self._step, self._eval, self._end = step, evaluate, end
+
+  def splits_batch(self, global_batch: int) -> bool:
+    """Whether this process's devices need exactly its Loader slice of a global batch."""
+    del global_batch
+    return False
 
   # Subclasses implement: set_states(stacked), stacked(), train_step, evaluate, end_epoch, map.
 
@@ -388,7 +443,9 @@ class VmapExecutor(_Executor):
   """``jax.vmap`` of the single-member step over the stacked member axis.
 
   With ``mesh`` (strategy ``sharded``) the member axis is spread over the mesh's ``member`` axis and
-  the batch over its ``data`` axis; XLA inserts the gradient all-reduce over ``data``.
+  the batch over its ``data`` axis; XLA inserts the gradient all-reduce over ``data``. The mesh may
+  span several processes (``jax.distributed``): the states, lambdas and metrics are then global
+  arrays, each process holding the members (and batch rows) of its own devices.
   """
 
   name = "vmap"
@@ -415,16 +472,31 @@ class VmapExecutor(_Executor):
       self.end_fn = jax.jit(vend, donate_argnums=0, out_shardings=self.member_sh)
     self.state = None
 
+  def splits_batch(self, global_batch: int) -> bool:
+    # True when the data axis spans the processes so that process p's devices hold rows
+    # [p*b, (p+1)*b) of the batch: exactly the slice the Loader gives process p. Otherwise (e.g.
+    # members spread over processes, data axis inside one process) every process needs every row.
+    pc = jax.process_count()
+    if self.mesh is None or pc == 1 or global_batch % pc:
+      return False
+    b, p = global_batch // pc, jax.process_index()
+    rows = set()
+    for idx in self.data_sh.addressable_devices_indices_map((global_batch,)).values():
+      rows.update(range(*idx[0].indices(global_batch)))
+    return rows == set(range(p * b, (p + 1) * b))
+
   def _put(self, x, sh):
-    if self.mesh is None:
-      return x
-    if jax.process_count() > 1:
-      return jax.make_array_from_process_local_data(sh, np.asarray(x))
-    return jax.device_put(x, sh)
+    return x if self.mesh is None else _put_global(x, sh)
+
+  def _put_batch(self, x):
+    if self.local_batch:
+      shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+      return jax.make_array_from_process_local_data(self.data_sh, x, shape)
+    return self._put(x, self.data_sh)
 
   def set_states(self, stacked):
     if self.mesh is not None:
-      stacked = jax.tree_util.tree_map(lambda a: jax.device_put(a, self.member_sh), stacked)
+      stacked = jax.tree_util.tree_map(lambda a: _put_global(a, self.member_sh), stacked)
     self.state = stacked
 
   def stacked(self):
@@ -432,19 +504,21 @@ class VmapExecutor(_Executor):
 
   def train_step(self, x, y, lam_e, lr_scale, poison):
     if self.mesh is not None:
-      x, y = self._put(x, self.data_sh), self._put(y, self.data_sh)
-      lam_e, poison = jax.device_put(lam_e, self.member_sh), jax.device_put(poison, self.member_sh)
+      x, y = self._put_batch(x), self._put_batch(y)
+      lam_e, poison = self._put(lam_e, self.member_sh), self._put(poison, self.member_sh)
+      lr_scale = self._put(np.float32(lr_scale), self.repl)
     self.state, m = self.step_fn(self.state, x, y, lam_e, lr_scale, poison)
     return m
 
   def evaluate(self, x, y, mask, params_of=lambda s: (s.params, s.extra, s.temperature)):
     if self.mesh is not None:
+      # Evaluation batches are whole global batches on every process (see _padded_batches).
       x, y, mask = (self._put(a, self.data_sh) for a in (x, y, mask))
     return self.eval_fn(*params_of(self.state), x, y, mask)
 
   def end_epoch(self, metric):
     if self.mesh is not None:
-      metric = jax.device_put(metric, self.member_sh)
+      metric = self._put(metric, self.member_sh)
     self.state = self.end_fn(self.state, metric)
 
   def map(self, fn):
@@ -456,21 +530,28 @@ def _to_host(ms) -> Dict[str, np.ndarray]:
   if isinstance(ms, list):
     ms = jax.device_get(ms)
     return {k: np.stack([np.asarray(m[k]) for m in ms]) for k in ms[0]}
-  return {k: np.asarray(v) for k, v in jax.device_get(ms).items()}
+  return {k: _host(v) for k, v in ms.items()}
 
 
 def choose_strategy(requested: str, n_devices: Optional[int] = None,
-                    backend: Optional[str] = None) -> str:
+                    backend: Optional[str] = None, process_count: Optional[int] = None) -> str:
   """The strategy ``auto`` stands for on this backend (see the module docstring).
 
   Args:
     requested: a strategy name.
     n_devices: devices (default ``jax.device_count()``).
     backend: ``jax.default_backend()`` by default.
+    process_count: processes (default ``jax.process_count()``).
 
   Returns:
     ``loop``, ``vmap``, ``sharded`` or ``measure`` (resolved later by timing).
   """
+  process_count = jax.process_count() if process_count is None else process_count
+  if process_count > 1 and requested in ("auto", "measure"):
+    # Several processes: only ``sharded`` divides the members among them (``loop``/``vmap`` would
+    # repeat every member on every process). ``measure`` is not used either: each process would time
+    # on its own and might pick differently, and processes running different programs deadlock.
+    return "sharded"
   if requested != "auto":
     return requested
   backend = backend or jax.default_backend()
@@ -503,12 +584,29 @@ def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int 
 
 # ---- the driver -----------------------------------------------------------------------------------------
 class _Log:
-  """metrics.jsonl (+ TensorBoard through tensorboardX when installed)."""
+  """``metrics.jsonl`` and TensorBoard scalars; written by process 0 only.
 
-  def __init__(self, workdir: str, keep_until: Optional[int], enabled: bool):
+  TensorBoard (tensorboardX, under ``<workdir>/tensorboard``): one run per member
+  (``m00_lam1e-05_seed14``) and one for the shared warm-up (``warmup``), so TensorBoard overlays the
+  members on one chart per tag. Tags are ``<phase>/<metric>`` with the metrics of
+  ``metrics.jsonl``: ``train_loss``, ``train_task``, ``train_acc``, ``val_acc``, ``val_loss``,
+  ``temperature``, ``lambda``, ``lr_factor``, ``best_epoch`` and, in the search,
+  ``cost_soft_<cost>`` / ``cost_argmax_<cost>``; plus ``final/<split>_acc`` and
+  ``final/cost_<cost>`` of the finished member. The step is the checkpoint step (epochs done over
+  all phases), which only grows across phases; on resume, events after the restored checkpoint are
+  purged, as the lines of ``metrics.jsonl`` are.
+  """
+
+  def __init__(self, workdir: str, keep_until: Optional[int], enabled: bool,
+               members: Sequence[Mapping[str, Any]] = (), cost: str = ""):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tb = None
+    self.tb_dir = os.path.join(workdir, "tensorboard")
+    self.members = list(members)
+    self.cost = cost
+    self.purge_step = (keep_until if keep_until is not None else -1) + 1
+    self._writers: Dict[str, Any] = {}
+    self._writer_cls = None
     if not enabled:
       return
     if os.path.exists(self.path):
@@ -520,25 +618,65 @@ class _Log:
         f.writelines(keep)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._writer_cls = SummaryWriter
     except ImportError:
-      self.tb = None  # no TensorBoard writer without TensorFlow/tensorboardX: metrics.jsonl only
+      # tensorboardX is a dependency; tolerate its absence (metrics.jsonl has everything).
+      import warnings  # pylint: disable=import-outside-toplevel
+      warnings.warn("tensorboardX is not installed: no TensorBoard summaries (metrics.jsonl only)")
+
+  def run_name(self, k: Optional[int]) -> str:
+    """The TensorBoard run of member ``k`` (None: the shared warm-up)."""
+    if k is None:
+      return "warmup"
+    m = self.members[k]
+    return f"m{k:02d}_lam{m['lam']:g}_seed{m['seed']}"
+
+  def _writer(self, run: str):
+    if run not in self._writers:
+      self._writers[run] = self._writer_cls(os.path.join(self.tb_dir, run),
+                                            purge_step=self.purge_step, flush_secs=30)
+    return self._writers[run]
+
+  def _scalars(self, k: Optional[int], values: Mapping[str, Any], step: int):
+    w = self._writer(self.run_name(k))
+    for tag, v in values.items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        w.add_scalar(tag, float(v), step)
 
   def write(self, rec: Mapping):
     if not self.enabled:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
-    if self.tb is not None:
-      for k, v in rec.items():
-        if isinstance(v, list):
-          for m, x in enumerate(v):
-            if isinstance(x, (int, float)) and x is not None:
-              self.tb.add_scalar(f"{rec['phase']}/{k}/member{m}", x, rec["ckpt"])
+    if self._writer_cls is None:
+      return
+    phase, step = rec["phase"], int(rec["ckpt"])
+    per_member = {k: v for k, v in rec.items() if isinstance(v, list)}
+    shared = {k: v for k, v in rec.items()
+              if k not in per_member and k not in ("phase", "epoch", "ckpt")}
+    n = len(next(iter(per_member.values()))) if per_member else 0
+    for k in range(n):
+      vals = {f"{phase}/{key}": v for key, v in shared.items()}
+      for key, v in per_member.items():
+        if key in ("failed", "stopped"):
+          continue
+        tag = f"{key}_{self.cost}" if key.startswith("cost_") else key
+        vals[f"{phase}/{tag}"] = v[k]
+      self._scalars(None if phase == "warmup" else k, vals, step)
+
+  def write_final(self, results: Mapping, step: int):
+    """Final accuracy and argmax costs of every member (tags ``final/...``)."""
+    if not self.enabled or self._writer_cls is None:
+      return
+    for k, m in enumerate(results["members"]):
+      vals = {f"final/{key}": v for key, v in m.items() if key.endswith("_acc")}
+      vals.update({f"final/cost_{c}": v for c, v in m["costs_argmax"].items()})
+      self._scalars(k, vals, step)
 
   def close(self):
-    if self.tb is not None:
-      self.tb.close()
+    for w in self._writers.values():
+      w.close()
+    self._writers = {}
 
 
 def _finite(v) -> Optional[float]:
@@ -613,8 +751,10 @@ class Sweep:
       reg.validate_cost(cfg.search.cost, self.table)  # re-raise with the registry's message
     self.report_costs = tuple(c for c in T.cost_names() if c not in bad)
     self.cw = ds.class_weights if cfg.train.class_weights else None
-    self.train_loader = self.loader_cls(ds.train, int(cfg.train.batch_size), seed=int(cfg.seed),
-                                        shuffle=True, augment=ds.augment, drop_remainder=True)
+    # train.batch_size is the *global* batch, whatever the number of processes, so a run's numbers do
+    # not depend on how many processes run it. This loader yields whole global batches (the same on
+    # every process); _train_loader picks the process-sharded one where the mesh splits the batch.
+    self.train_loader = self._make_train_loader(local=False)
     self.steps = self.train_loader.steps_per_epoch
     if cfg.debug.max_steps_per_epoch:
       self.steps = min(self.steps, int(cfg.debug.max_steps_per_epoch))
@@ -626,9 +766,28 @@ class Sweep:
                                            keep=int(cfg.sweep.checkpoint_keep),
                                            async_save=bool(cfg.sweep.async_checkpoint))
     self.n_pad = self.n
-    if self.strategy == "sharded":
+    if self.strategy == "sharded" or (self.strategy == "measure" and jax.device_count() > 1):
       md = jax.device_count() // int(cfg.sweep.data_devices)
       self.n_pad = -(-self.n // md) * md  # pad members to fill every device of the member axis
+
+  def _make_train_loader(self, local: bool):
+    cfg, ds = self.cfg, self.dataset
+    bs, pc = int(cfg.train.batch_size), jax.process_count()
+    if local:  # this process's slice of every global batch (Loader's process sharding)
+      return self.loader_cls(ds.train, bs // pc, seed=int(cfg.seed), shuffle=True,
+                             augment=ds.augment, drop_remainder=True)
+    return self.loader_cls(ds.train, bs, seed=int(cfg.seed), shuffle=True, augment=ds.augment,
+                           drop_remainder=True, process_index=0, process_count=1)
+
+  def _train_loader(self, ex):
+    """The loader feeding ``ex``: local slices where its mesh splits the batch over processes."""
+    ex.local_batch = ex.splits_batch(int(self.cfg.train.batch_size))
+    if not ex.local_batch:
+      return self.train_loader
+    if getattr(self, "_local_loader", None) is None:
+      self._local_loader = self._make_train_loader(local=True)
+      assert self._local_loader.steps_per_epoch == self.train_loader.steps_per_epoch
+    return self._local_loader
 
   def _phase_fns(self, phase: str):
     cfg = self.cfg
@@ -700,6 +859,7 @@ class Sweep:
     if phase == "search":
       cost_jit = jax.jit(jax.vmap(T.make_cost_fn(self.table, (cfg.search.cost,))))
       cost_fn = lambda st: cost_jit(st.params["arch"], st.temperature)
+    loader = self._train_loader(ex)
     bar = _progress((epochs - start_epoch) * self.steps, f"{phase:8s}", self.progress and self.is_main)
     t_phase = time.perf_counter()
     e = start_epoch
@@ -711,7 +871,7 @@ class Sweep:
       lam_e = (T.strength_at(lams, e, epochs, bool(cfg.search.incremental_strength))
                if phase == "search" else np.zeros((n,), np.float32))
       sums = None
-      for i, (x, y) in enumerate(self.train_loader.epoch(e)):
+      for i, (x, y) in enumerate(loader.epoch(e)):
         if i >= self.steps:
           break
         poison = np.zeros((n,), np.float32)
@@ -728,7 +888,7 @@ class Sweep:
       hard_cost = None
       if phase == "search":
         stacked = ex.stacked()
-        hard_cost = np.asarray(jax.device_get(cost_fn(stacked)["hard"][cfg.search.cost]))
+        hard_cost = _host(cost_fn(stacked)["hard"][cfg.search.cost])
       if monitor == "acc":
         metric = val["acc"]
       else:
@@ -779,6 +939,9 @@ class Sweep:
     validate_config(cfg, self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self._setup()
+    # Every process has read the work directory (validate_config, checkpoints) before process 0
+    # rewrites config.json.
+    _barrier("jpq_sweep_start")
     if self.is_main:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         json.dump({"config": json.loads(cfg.to_json_best_effort()),
@@ -786,7 +949,8 @@ class Sweep:
                    "argv": sys.argv}, f, indent=2)
     step = self.ckpt.latest_step()
     meta = self.ckpt.meta(step) if step is not None else None
-    log = _Log(self.workdir, step if step is not None else -1, self.is_main)
+    log = _Log(self.workdir, step if step is not None else -1, self.is_main, self.members,
+               cfg.search.cost)
     self._meta = meta or {"times": {}}
     e_w, e_s, e_f = int(cfg.warmup.epochs), int(cfg.search.epochs), int(cfg.finetune.epochs)
     phase = meta["phase"] if meta else "warmup"
@@ -801,8 +965,8 @@ class Sweep:
           float_vars = ckpt_lib.load_tree(reuse, self._float_template())
         else:
           float_vars = self._warmup(epoch, step, log)
-          if self.is_main:
-            ckpt_lib.save_tree(warm_dir, float_vars)
+          # Every process calls Orbax (it synchronises them); process 0 writes the host arrays.
+          ckpt_lib.save_tree(warm_dir, float_vars)
         phase, epoch = "search_init", 0
       # ---- search ----
       # Checkpoint steps: warm-up epochs 1..e_w, search start e_w+1, search epochs up to
@@ -818,7 +982,7 @@ class Sweep:
           tx, _, _, _ = self._phase_fns("search")
           stacked = self._initial_states("search", tx, [svars] * self.n,
                                          float(cfg.search.temperature))
-          if cfg.sweep.strategy == "measure" and self.n > 1:
+          if self.strategy == "measure" and self.n > 1:
             self.strategy = self._measure("search", stacked)
           epoch = 0
           self._meta = dict(self._meta, phase="search", epoch=0, strategy=self.strategy)
@@ -832,19 +996,20 @@ class Sweep:
         ex.map(T.restore_best)
         search_final = ex.stacked()
         costs = self._costs(search_final)
+        failed = _host(search_final.failed)
         self._meta = dict(self._meta, search_costs=costs,
                           search_best_epoch=[int(v) for v in
-                                             np.asarray(search_final.best_epoch)[:self.n]],
-                          search_failed=[bool(v) for v in np.asarray(search_final.failed)[:self.n]],
+                                             _host(search_final.best_epoch)[:self.n]],
+                          search_failed=[bool(v) for v in failed[:self.n]],
                           final_temperature=[float(v) for v in
-                                             np.asarray(search_final.temperature)[:self.n]])
+                                             _host(search_final.temperature)[:self.n]])
         # ---- conversion to fine-tuning: frozen argmax architecture ----
         tx, _, _, _ = self._phase_fns("finetune")
         fz = jax.jit(jax.vmap(lambda p: T.finetune_variables(p, self.table)))(search_final.params)
-        per = _unstack(fz, self.n_pad)[:self.n]
+        # On the host: the new states are built per member, as process-local arrays.
+        per = _unstack(_host_tree(fz), self.n_pad)[:self.n]
         stacked = self._initial_states("finetune", tx, per)
-        failed = jnp.asarray(search_final.failed)
-        stacked = stacked.replace(failed=failed)
+        stacked = stacked.replace(failed=jnp.asarray(failed))
         phase, epoch = "finetune", 0
         self._meta = dict(self._meta, phase="finetune", epoch=0)
         self._save(e_w + e_s + 2, stacked, self._meta)
@@ -863,10 +1028,10 @@ class Sweep:
         ex.map(T.restore_best)
         final = ex.stacked()
         results = self._results(ex, final)
-        if self.is_main:
-          fin = {"params": final.params["params"], "precision": final.extra["precision"]}
-          fin = jax.tree_util.tree_map(lambda a: np.asarray(a)[:self.n], fin)
-          ckpt_lib.save_tree(os.path.join(self.workdir, "final"), fin)
+        fin = {"params": final.params["params"], "precision": final.extra["precision"]}
+        fin = jax.tree_util.tree_map(lambda a: _host(a)[:self.n], fin)
+        ckpt_lib.save_tree(os.path.join(self.workdir, "final"), fin)  # on every process (Orbax)
+        log.write_final(results, base_f + e_f + 1)
         self._meta = dict(self._meta, phase="done", epoch=0)
         self._save(base_f + e_f + 1, final, self._meta)
       else:  # already done: rebuild the results from the files
@@ -882,10 +1047,12 @@ class Sweep:
 
   # -- pieces --
   def _save(self, step, state, meta):
-    # The executors donate their state to the next step: hand Orbax host copies (the async write
-    # then runs while training continues). Multi-process arrays are passed as they are.
-    if jax.process_count() == 1:
-      state = jax.device_get(state)
+    # The executors donate their state to the next step while the async write may still be reading
+    # it: hand Orbax copies. Process-local arrays become host numpy (with several processes they
+    # hold the same values everywhere, and Orbax writes numpy from process 0 only); arrays spread
+    # over processes get a device copy, of which every process writes its own shards.
+    state = jax.tree_util.tree_map(
+        lambda a: jnp.copy(a) if _is_global(a) else np.asarray(jax.device_get(a)), state)
     self.ckpt.save(step, state, meta)
 
   def _float_template(self):
@@ -941,7 +1108,7 @@ class Sweep:
 
   def _costs(self, stacked) -> Dict[str, Any]:
     fn = jax.jit(jax.vmap(T.make_cost_fn(self.table, self.report_costs)))
-    out = jax.device_get(fn(stacked.params["arch"], stacked.temperature))
+    out = _host_tree(fn(stacked.params["arch"], stacked.temperature))
     return {kind: {name: [_finite(v) for v in np.asarray(vals)[:self.n]]
                    for name, vals in out[kind].items()} for kind in ("soft", "hard")}
 
@@ -960,14 +1127,15 @@ class Sweep:
     fixed_costs = jax.jit(jax.vmap(lambda prec: reg.all_costs(
         self.table, thetas({"precision": prec}, self.table, Ctx.fixed()), self.report_costs)))(
             final.extra["precision"])
-    fixed_costs = jax.device_get(fixed_costs)
+    fixed_costs = _host_tree(fixed_costs)
+    precision = _host_tree(final.extra["precision"])
     sc = self._meta.get("search_costs", {"soft": {}, "hard": {}})
     times = self._meta.get("times", {})
     total = sum(times.get(p, 0.0) for p in ("search", "finetune"))
     flags = _host_flags(ex)
     members = []
     for k, m in enumerate(self.members):
-      prec = jax.tree_util.tree_map(lambda a: np.asarray(a)[k], final.extra["precision"])
+      prec = jax.tree_util.tree_map(lambda a: a[k], precision)
       groups = precision_summary(prec, self.table)
       layers = {}
       for l in self.table.layers:
@@ -1015,8 +1183,34 @@ def _host_flags(ex) -> Dict[str, np.ndarray]:
     sts = ex.states
     get = lambda f: np.stack([np.asarray(jax.device_get(getattr(s, f))) for s in sts])
   else:
-    get = lambda f: np.asarray(jax.device_get(getattr(ex.state, f)))
+    get = lambda f: _host(getattr(ex.state, f))
   return {f: get(f) for f in ("failed", "stopped", "best_epoch", "temperature")}
+
+
+def init_distributed(config: ml_collections.ConfigDict) -> None:
+  """``jax.distributed.initialize`` from the ``distributed`` section (once per process).
+
+  Must run before anything touches a JAX backend (``jax.devices()``, ``jax.process_count()``, any
+  computation): that is why the check below is ``is_initialized`` and not ``process_count``. Empty
+  or zero fields are left to JAX's auto-detection (SLURM, Cloud TPU, ...).
+
+  Raises:
+    ConfigError: ``process_id`` outside ``[0, num_processes)``.
+  """
+  d = config.distributed
+  num, pid = int(d.num_processes), int(d.process_id)
+  if num > 0 and not 0 <= pid < num:
+    raise _field_error("distributed.process_id", f"must be in [0, {num}), got {pid}")
+  if jax.distributed.is_initialized():
+    return
+  # CPU processes exchange collectives through gloo (the default in recent JAX; older ones had no
+  # CPU collectives unless asked, and a multi-process CPU computation then fails).
+  if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
+                             num_processes=num or None,
+                             process_id=pid if num else None,
+                             coordinator_bind_address=d.get("coordinator_bind_address") or None)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
@@ -1035,9 +1229,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
   Raises:
     ConfigError: invalid config (before anything is compiled).
   """
-  if config.distributed.enabled and jax.process_count() == 1:
-    jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address or None,
-                               num_processes=int(config.distributed.num_processes) or None,
-                               process_id=int(config.distributed.process_id))
+  if config.distributed.enabled:
+    init_distributed(config)
   validate_config(config, workdir)
   return Sweep(config, workdir, dataset=dataset, progress=progress).run()
