@@ -8,10 +8,11 @@ The public API, re-exported here:
 * cost models and their registry (:mod:`jpq_jax.costs`);
 * the static layer table (:func:`trace_table`), theta per group (:func:`thetas`), freezing
   (:func:`freeze`) and conversion of a float model to search form (:func:`to_search`);
+* deployment export to a pruned integer bundle with numpy inference (:mod:`jpq_jax.export`);
 * the Pareto sweep driver (:func:`run_sweep`) and single-member restore (:func:`restore_member`).
 """
 
-from jpq_jax import choice, costs, quant
+from jpq_jax import choice, costs, export, ops, quant
 from jpq_jax.arch import GroupTheta, freeze, precision_summary, thetas
 from jpq_jax.fold import fold_batchnorm, to_fixed, to_search
 from jpq_jax.checkpoint import restore_member
@@ -25,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
-    "costs", "precision_summary", "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
+    "costs", "export", "ops", "precision_summary", "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]

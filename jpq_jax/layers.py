@@ -11,7 +11,9 @@ Activations flow between layers as :class:`QTensor`: the value, the activation s
 that produced it (the bias quantizer needs it) and the name of that quantizer's sharing group (costs
 need it to know whose pruning removes this layer's input channels; :class:`Add` needs it to check that
 the tensors it adds share a group). Channel-preserving ops (ReLU, pooling, dropout) are applied with
-:meth:`QTensor.map`; :meth:`QTensor.flatten` records the spatial factor.
+:meth:`QTensor.map`; :meth:`QTensor.flatten` records the spatial factor. Use the named ops of
+:mod:`jpq_jax.ops` (``ops.relu``, ``ops.global_avg_pool``, ``ops.dropout``...) in ``map`` for a model
+that :mod:`jpq_jax.export` can export: an unnamed function runs the same but cannot be exported.
 
 Variables (DESIGN.md principle 1):
 
@@ -24,6 +26,7 @@ Variables (DESIGN.md principle 1):
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -50,6 +53,13 @@ __all__ = [
 ]
 
 MODES = ("float", "search", "fixed")
+
+# The deployment export (jpq_jax.export) records the network graph during one abstract trace. Ops
+# applied with QTensor.map/flatten are not Flax modules, so method interception cannot see them;
+# while a recorder is set here (only inside that trace) they report themselves to it. A context
+# variable rather than a static QTensor field keeps QTensor's pytree structure unchanged (a field
+# would make e.g. the two branches of a lax.cond that apply different ops incompatible).
+GRAPH_RECORDER: contextvars.ContextVar = contextvars.ContextVar("jpq_graph_recorder", default=None)
 
 
 @struct.dataclass
@@ -121,7 +131,8 @@ class QTensor:
     """Apply a channel-preserving op (ReLU, pooling, dropout); the tag is kept.
 
     Args:
-      fn: function of the array; must keep the channel (last) axis.
+      fn: function of the array; must keep the channel (last) axis. A named op of
+        :mod:`jpq_jax.ops` (or ``jax.nn.relu``) keeps the model exportable.
 
     Returns:
       A QTensor with the new value and the same producer.
@@ -134,13 +145,20 @@ class QTensor:
       raise ValueError(
           f"QTensor.map: {fn} changed the channel count {self.value.shape[-1]} -> {out.shape[-1]}; "
           "use QTensor.flatten for flattening and a jpq_jax layer for anything that mixes channels")
+    rec = GRAPH_RECORDER.get()
+    if rec is not None:
+      rec.on_op(self.value, out, fn)
     return self.replace(value=out)
 
   def flatten(self) -> "QTensor":
     """Flatten all but the batch axis (channels-last order), recording the spatial factor."""
     n = self.value.shape[0]
     spatial = int(np.prod(self.value.shape[1:-1])) if self.value.ndim > 2 else 1
-    return self.replace(value=self.value.reshape(n, -1), channel_mult=self.channel_mult * spatial)
+    out = self.value.reshape(n, -1)
+    rec = GRAPH_RECORDER.get()
+    if rec is not None:
+      rec.on_op(self.value, out, "flatten")
+    return self.replace(value=out, channel_mult=self.channel_mult * spatial)
 
 
 def _as_tuple(v, n=2) -> Tuple[int, ...]:

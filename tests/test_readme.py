@@ -16,8 +16,8 @@ def _example(marker: str) -> str:
   return m.group(1)
 
 
-def test_custom_network_example_runs(capsys):
-  pytest.importorskip("jpq_jax.costs")
+def test_custom_network_example_runs(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the example writes its bundle to the working directory
   ns: dict = {}
   exec(compile(_example("custom-network"), "README.md:custom-network", "exec"), ns)
   import jax
@@ -28,5 +28,8 @@ def test_custom_network_example_runs(capsys):
   assert ns["logits"].shape == (4, 10)
   summary = ns["fixed_vars"]["precision"]
   assert summary["g_res"]["w_bits"].shape == (8,)
+  # The integer bundle reproduces the fixed-mode network.
+  np.testing.assert_array_equal(np.argmax(ns["int_logits"], 1), np.argmax(np.asarray(ns["logits"]), 1))
+  assert (tmp_path / "tiny_bundle" / "manifest.json").exists()
   out = capsys.readouterr().out
   assert "conv_b" in out and "g_res" in out

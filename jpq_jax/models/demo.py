@@ -8,8 +8,8 @@ conv 3x3/2 (32) -> global average pool -> classifier. Sharing groups: {stem, blo
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
+from jpq_jax import ops
 from jpq_jax.layers import Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor, SearchSpace
 
 
@@ -38,6 +38,6 @@ class DemoNet(nn.Module):
     h = relu(Add(g1, name="add")(h, y, ctx=ctx))
     h = relu(Conv(2 * w, 3, Group(2 * w, sp, name="g_down"), strides=2, use_bias=False,
                   use_bn=True, name="down")(h, ctx))
-    h = h.map(lambda v: jnp.mean(v, axis=(1, 2), keepdims=True)).flatten()
+    h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
                  name="out")(h, ctx)

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jpq_jax import ops
 from jpq_jax.layers import Conv, Ctx, Dense, Group, InputQuantizer, QTensor, SearchSpace
 
 
@@ -41,7 +42,7 @@ class DSCNN(nn.Module):
   def __call__(self, x, ctx: Ctx) -> QTensor:
     sp = self.space
     bn = dict(use_bn=True, bn_momentum=0.01, bn_eps=1e-5)
-    drop = lambda rate: (lambda v: nn.Dropout(rate, deterministic=not ctx.train)(v))
+    drop = lambda rate: ops.dropout(rate, deterministic=not ctx.train)
     h = InputQuantizer(sp, name="input_q")(x, ctx)
     g = Group(64, sp, name="g_inputlayer")
     h = Conv(64, (10, 4), g, strides=2, padding=((5, 5), (1, 1)), kernel_init=_torch_uniform(40),
@@ -54,6 +55,6 @@ class DSCNN(nn.Module):
       h = Conv(64, 1, g, padding=0, kernel_init=_torch_uniform(64), name=f"pointwise{k}",
                **bn)(h, ctx).map(nn.relu)
     h = h.map(drop(0.4))
-    h = h.map(lambda v: jnp.mean(v, axis=(1, 2), keepdims=True)).flatten()
+    h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
                  kernel_init=_torch_uniform(64), name="out")(h, ctx)

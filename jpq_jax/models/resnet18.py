@@ -8,8 +8,8 @@ Totals at 64 px (float): 11,271,432 parameters, 2,221,772,800 MACs.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
+from jpq_jax import ops
 from jpq_jax.layers import Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor, SearchSpace
 
 _KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -52,6 +52,6 @@ class ResNet18(nn.Module):
           sc = h
         h = relu(Add(g, name=f"{pre}_add")(y, sc, ctx=ctx))
         cin = w
-    h = h.map(lambda v: jnp.mean(v, axis=(1, 2), keepdims=True)).flatten()
+    h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
                  name="fc")(h, ctx)

@@ -8,8 +8,8 @@ Totals (float): 78,058 parameters, 12,501,632 MACs.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
+from jpq_jax import ops
 from jpq_jax.layers import Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor, SearchSpace
 
 
@@ -49,6 +49,6 @@ class ResNet8(nn.Module):
     sc = conv(64, 1, g3, "conv3x", s=2, bias=True, bn=False, pad=0)(h, ctx)
     h = relu(Add(g3, name="add3")(y, sc, ctx=ctx))
     # AvgPool 8x8 -> flatten -> classifier.
-    h = h.map(lambda v: jnp.mean(v, axis=(1, 2), keepdims=True)).flatten()
+    h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
                  name="out")(h, ctx)
