@@ -12,7 +12,7 @@ The public API, re-exported here:
 * the Pareto sweep driver (:func:`run_sweep`) and single-member restore (:func:`restore_member`).
 """
 
-from jpq_jax import choice, costs, export, ops, quant
+from jpq_jax import choice, compare, costs, export, ops, pit, quant
 from jpq_jax.arch import GroupTheta, freeze, precision_summary, thetas
 from jpq_jax.fold import fold_batchnorm, to_fixed, to_search
 from jpq_jax.checkpoint import restore_member
@@ -26,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
-    "costs", "export", "ops", "precision_summary", "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
+    "compare", "costs", "export", "pit", "ops", "precision_summary", "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]

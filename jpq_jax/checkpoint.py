@@ -12,6 +12,16 @@ Steps are numbered by the total number of finished epochs over all phases, so th
 are asynchronous (training continues while the previous epoch is written); :meth:`SweepCheckpointer.close`
 waits for them.
 
+Integrity. Orbax writes a step into a temporary directory and renames it when complete, so a process
+killed mid-write leaves no step behind, only a temporary directory that is ignored. Once a step is
+committed, a manifest (``jpq_manifest.json``: size and CRC-32 of every file) is written next to it;
+when the manager opens the directory, steps are verified newest first and a corrupted or truncated
+one is moved aside to ``<directory>_corrupt/`` with a warning, so the run resumes from the newest
+good step. A step killed between its commit and its manifest has no manifest and is trusted (Orbax
+committed it). Every saved tree also records its structure (key paths, shapes, dtypes); restoring
+into a different structure (another model, member count or precision set) raises
+:class:`CheckpointMismatchError` naming the difference instead of restoring part of it.
+
 The finished sweep also writes ``final/`` (the fine-tuned members, stacked) that
 :func:`restore_member` reads: ``model, variables, table = jpq_jax.restore_member(workdir, k)``.
 """
@@ -20,13 +30,146 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+import shutil
+import time
+import warnings
+import zlib
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["SweepCheckpointer", "save_tree", "load_tree", "restore_member", "abstract_like"]
+__all__ = ["SweepCheckpointer", "save_tree", "load_tree", "restore_member", "abstract_like",
+           "CheckpointMismatchError", "CheckpointCorruptError", "tree_signature",
+           "check_signature", "write_manifest", "verify_manifest"]
+
+MANIFEST = "jpq_manifest.json"
+_TREE_KEY = "_tree"  # the saved state's structure, stored inside the step's JSON metadata
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's tree (key paths, shapes, dtypes) differs from the structure asked for."""
+
+
+class CheckpointCorruptError(ValueError):
+  """A saved file differs from its manifest (truncated, corrupted or missing)."""
+
+
+# ---- structure signatures -------------------------------------------------------------------------------
+def tree_signature(tree: Any) -> Dict[str, List[Any]]:
+  """``{key path: [shape, dtype]}`` of every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    out[jax.tree_util.keystr(path)] = [list(np.shape(leaf)), np.dtype(dtype).name]
+  return out
+
+
+def check_signature(saved: Optional[Mapping[str, Any]], target: Any, where: str) -> None:
+  """Refuse a restore whose target structure differs from the saved one.
+
+  Args:
+    saved: the saved :func:`tree_signature` (None: an old checkpoint without one; not checked).
+    target: the restore target (abstract or concrete pytree).
+    where: what is restored, for the message.
+
+  Raises:
+    CheckpointMismatchError: naming the member count, the missing/unexpected leaves and the first
+      shape or dtype differences.
+  """
+  if saved is None:
+    return
+  want = tree_signature(target)
+  saved = {k: [list(v[0]), v[1]] for k, v in saved.items()}
+  if saved == want:
+    return
+  missing = [k for k in want if k not in saved]
+  extra = [k for k in saved if k not in want]
+  diffs = [(k, saved[k], want[k]) for k in want if k in saved and saved[k] != want[k]]
+  parts = []
+  # The member axis leads every leaf of a sweep state: one differing leading size on every leaf is
+  # a different member count, said as such rather than as hundreds of shape differences.
+  lead = {(tuple(a[0][:1]), tuple(b[0][:1])) for _, a, b in diffs if a[0][1:] == b[0][1:]}
+  if diffs and len(lead) == 1 and all(a[0][1:] == b[0][1:] and a[1] == b[1] for _, a, b in diffs):
+    (s_n,), (w_n,) = next(iter(lead))
+    parts.append(f"member count: the checkpoint holds {s_n} members, this run has {w_n}")
+    diffs = []
+  if missing:
+    parts.append(f"{len(missing)} leaves missing from the checkpoint (e.g. {missing[:3]}): another "
+                 "model or architecture")
+  if extra:
+    parts.append(f"{len(extra)} saved leaves this run does not have (e.g. {extra[:3]})")
+  for k, a, b in diffs[:4]:
+    what = "dtype" if a[0] == b[0] else "shape"
+    parts.append(f"{what} of {k}: saved {a[0]} {a[1]}, expected {b[0]} {b[1]}")
+  if len(diffs) > 4:
+    parts.append(f"... and {len(diffs) - 4} more shape/dtype differences (another model, member "
+                 "count, channel count or precision set)")
+  raise CheckpointMismatchError(
+      f"{where} does not match the structure being restored: " + "; ".join(parts)
+      + ". Refusing a partial restore: use the same config (model, precisions, lambdas x seeds) "
+      "or a new work directory")
+
+
+# ---- manifests ------------------------------------------------------------------------------------------
+def _crc(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+def write_manifest(directory: str, extra: Optional[Mapping[str, Any]] = None) -> None:
+  """Write ``jpq_manifest.json`` (size and CRC-32 of every file) into a completed checkpoint.
+
+  Written atomically (temporary file + rename), so a manifest is either absent or whole.
+  """
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, directory)
+      if rel == MANIFEST or rel.startswith(MANIFEST + "."):
+        continue
+      files[rel] = [os.path.getsize(full), _crc(full)]
+  doc = {"format": 1, "files": files, **dict(extra or {})}
+  tmp = os.path.join(directory, MANIFEST + f".tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(doc, f)
+  os.replace(tmp, os.path.join(directory, MANIFEST))
+
+
+def verify_manifest(directory: str) -> Optional[Dict[str, Any]]:
+  """Check a checkpoint directory against its manifest.
+
+  Returns:
+    The manifest, or None when the directory has none (not verifiable).
+
+  Raises:
+    CheckpointCorruptError: naming the first missing, truncated or corrupted file.
+  """
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+    files = doc["files"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointCorruptError(f"{path}: unreadable manifest ({e})") from None
+  for rel, (size, crc) in sorted(files.items()):
+    full = os.path.join(directory, rel)
+    if not os.path.exists(full):
+      raise CheckpointCorruptError(f"{directory}: file {rel!r} is missing")
+    got = os.path.getsize(full)
+    if got != size:
+      raise CheckpointCorruptError(f"{directory}: file {rel!r} is truncated or extended ({got} "
+                                   f"bytes, {size} when saved)")
+    if _crc(full) != crc:
+      raise CheckpointCorruptError(f"{directory}: file {rel!r} is corrupted (checksum differs)")
+  return doc
 
 
 def abstract_like(tree: Any) -> Any:
@@ -59,6 +202,9 @@ def _for_save(tree: Any) -> Any:
 class SweepCheckpointer:
   """Epoch- and phase-boundary checkpoints of a sweep (Orbax ``CheckpointManager``).
 
+  Opening the directory verifies the committed steps newest first against their manifests and moves
+  corrupted ones aside (with a warning), so :meth:`latest_step` is the newest good step.
+
   Args:
     directory: where the steps go (``<workdir>/checkpoints``).
     keep: number of most recent steps kept.
@@ -67,14 +213,82 @@ class SweepCheckpointer:
 
   def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    self.async_save = bool(async_save)
+    self.is_main = jax.process_index() == 0
+    self.quarantined: List[int] = []
+    if self.is_main:
+      self.quarantined = self._drop_corrupt_steps()
+    if jax.process_count() > 1:  # the others open the directory once process 0 has cleaned it
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("jpq_checkpoint_verified")
     options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1),
                                            enable_async_checkpointing=bool(async_save),
                                            create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
+    self._unmanifested: List[int] = []
 
+  # -- integrity --
+  def _committed_steps(self) -> List[int]:
+    if not os.path.isdir(self.directory):
+      return []
+    # Orbax renames a step's temporary directory to the bare step number when it commits it.
+    return sorted(int(n) for n in os.listdir(self.directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
+
+  def verify_step(self, step: int) -> None:
+    """Check a committed step against its manifest and its metadata for readability.
+
+    Raises:
+      CheckpointCorruptError: naming what is wrong.
+    """
+    d = os.path.join(self.directory, str(step))
+    verify_manifest(d)
+    # The JSON metadata is read before anything else on resume: a step without a manifest (killed
+    # between commit and manifest) is at least required to have readable metadata.
+    meta_file = os.path.join(d, "meta", "metadata")  # where Orbax's JsonSave puts it
+    if os.path.exists(meta_file):
+      try:
+        with open(meta_file) as f:
+          json.load(f)
+      except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointCorruptError(f"{d}: metadata file meta/metadata is not valid JSON "
+                                     f"({e})") from None
+
+  def _drop_corrupt_steps(self) -> List[int]:
+    """Move corrupted steps newer than the newest good one aside; returns their numbers."""
+    dropped = []
+    for step in reversed(self._committed_steps()):
+      try:
+        self.verify_step(step)
+        break
+      except CheckpointCorruptError as e:
+        # Moved, not deleted: the files may still be worth a look, and Orbax must not see the step
+        # (the run would resume from it, and saving that step number again would fail).
+        aside = self.directory.rstrip("/") + "_corrupt"
+        os.makedirs(aside, exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)),
+                    os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        dropped.append(step)
+        older = [s for s in self._committed_steps() if s < step]
+        to = f"step {older[-1]}" if older else "a fresh start (no older step)"
+        warnings.warn(f"checkpoint step {step} is damaged ({e}); moved it to {aside} and falling "
+                      f"back to {to}", RuntimeWarning, stacklevel=3)
+    return dropped
+
+  def _write_manifests(self) -> None:
+    # Called once Orbax has finished every pending save: the steps are committed, their files final.
+    pending, self._unmanifested = self._unmanifested, []
+    if not self.is_main:
+      return
+    for step in pending:
+      d = os.path.join(self.directory, str(step))
+      if os.path.isdir(d):  # (max_to_keep may already have removed it)
+        write_manifest(d, {"step": step})
+
+  # -- API --
   def latest_step(self) -> Optional[int]:
-    """Most recent complete step, or None."""
+    """Most recent complete (and, where a manifest exists, verified) step, or None."""
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: Mapping) -> None:
@@ -83,44 +297,81 @@ class SweepCheckpointer:
     With several processes every process must call this (Orbax synchronises them); process 0
     writes ``meta`` and the process-local arrays.
     """
+    # Orbax waits for the previous save before starting this one anyway; waiting here first lets
+    # the previous step's manifest be written at no extra cost.
+    self.manager.wait_until_finished()
+    self._write_manifests()
+    meta = dict(meta)
+    meta[_TREE_KEY] = tree_signature(state)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(dict(meta))),
+                                                    meta=ocp.args.JsonSave(meta)),
                       force=True)
+    self._unmanifested.append(step)
+    if not self.async_save:  # already committed
+      self._write_manifests()
+
+  def _raw_meta(self, step: int) -> Dict[str, Any]:
+    out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
 
   def meta(self, step: Optional[int] = None) -> Optional[Dict[str, Any]]:
     """The JSON metadata of ``step`` (default: latest), or None when there is no checkpoint."""
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(out["meta"])
+    out = self._raw_meta(step)
+    out.pop(_TREE_KEY, None)
+    return out
 
   def restore(self, step: int, target: Any) -> Any:
-    """The ``state`` of ``step`` restored into the structure of ``target`` (abstract or concrete)."""
+    """The ``state`` of ``step`` restored into the structure of ``target`` (abstract or concrete).
+
+    Raises:
+      CheckpointMismatchError: the saved structure differs from ``target``'s (nothing restored).
+    """
+    check_signature(self._raw_meta(step).get(_TREE_KEY), target,
+                    f"checkpoint step {step} in {self.directory}")
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_like(target))))
     return out["state"]
 
   def wait(self) -> None:
-    """Block until pending asynchronous saves are on disk."""
+    """Block until pending asynchronous saves are on disk (and have their manifests)."""
     self.manager.wait_until_finished()
+    self._write_manifests()
 
   def close(self) -> None:
-    """Wait for pending saves and release the manager."""
+    """Wait for pending saves, write their manifests and release the manager."""
     self.manager.wait_until_finished()
+    self._write_manifests()
     self.manager.close()
 
 
 def save_tree(path: str, tree: Any) -> None:
   """Save a pytree synchronously to ``path`` (overwrites); call it on every process."""
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(path), _for_save(tree), force=True)
+  tree = _for_save(tree)
+  ckptr.save(os.path.abspath(path), tree, force=True)
   ckptr.wait_until_finished()
   ckptr.close()
+  if jax.process_index() == 0:
+    write_manifest(os.path.abspath(path), {"tree": tree_signature(tree)})
 
 
 def load_tree(path: str, target: Any = None) -> Any:
-  """Load a pytree saved by :func:`save_tree` (into ``target``'s structure when given)."""
+  """Load a pytree saved by :func:`save_tree` (into ``target``'s structure when given).
+
+  Raises:
+    FileNotFoundError: no such checkpoint.
+    CheckpointCorruptError: a file differs from the manifest written at save time.
+    CheckpointMismatchError: ``target``'s structure differs from the saved one.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no checkpoint at {path!r}")
+  doc = verify_manifest(path)
+  if target is not None and doc is not None:
+    check_signature(doc.get("tree"), target, f"checkpoint {path}")
   ckptr = ocp.StandardCheckpointer()
   out = ckptr.restore(os.path.abspath(path), abstract_like(target) if target is not None else None)
   ckptr.close()

@@ -8,6 +8,7 @@ Usage::
   jpq sweep --config experiments/configs/demo.py search.epochs=5 sweep.strategy=vmap
   jpq report runs/demo                        # front table (and pareto.png)
   jpq inspect runs/demo --member 3            # per-layer bits and kept channels
+  jpq compare runs/joint runs/w8a8 runs/pit_mps --out runs/cmp --cost size   # iso-accuracy
 
 Overrides are ``--config.a.b=value`` or ``a.b=value``; tuples take comma-separated values. A
 killed sweep resumes when rerun with the same ``--workdir`` and config.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -49,7 +51,13 @@ def load_config(path: Optional[str]) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"--config: no such config file {path!r}")
   spec = importlib.util.spec_from_file_location("jpq_config", path)
   mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  try:
+    spec.loader.exec_module(mod)
+  except SyntaxError as e:
+    raise ValueError(f"--config: {path!r} line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file is user code: whatever it raises, say which file and what.
+    raise ValueError(f"--config: {path!r} failed to load: {type(e).__name__}: {e}") from None
   if not hasattr(mod, "get_config"):
     raise ValueError(f"--config: {path!r} defines no get_config()")
   return mod.get_config()
@@ -134,6 +142,8 @@ def _cmd_sweep(args, rest: List[str]) -> int:
   cfg = load_config(args.config)
   apply_overrides(cfg, rest)
   workdir = args.workdir or os.path.join("runs", cfg.name)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir!r} is a file, not a directory")
   try:
     results = sweep.run_sweep(cfg, workdir, progress=not args.no_progress)
   except sweep.ConfigError as e:
@@ -147,12 +157,29 @@ def _cmd_sweep(args, rest: List[str]) -> int:
   return 0
 
 
+def _load_results(workdir: str):
+  """``results.json`` of ``workdir``; a damaged file is a one-line error naming it."""
+  from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+  try:
+    results = pareto.load_results(workdir)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{os.path.join(workdir, 'results.json')} is not valid JSON ({e}); rerun "
+                     "`jpq sweep` with the same --workdir to rewrite it") from None
+  if not isinstance(results, dict) or not isinstance(results.get("members"), list):
+    raise ValueError(f"{os.path.join(workdir, 'results.json')} is not a sweep's results (no "
+                     "'members' list)")
+  return results
+
+
 def _cmd_report(args, rest) -> int:
   from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq report: unexpected arguments {rest}")
-  results = pareto.load_results(args.workdir)
+  results = _load_results(args.workdir)
   if args.cost:
+    known = sorted({c for m in results["members"] for c in m.get("costs_argmax", {})})
+    if args.cost not in known:
+      raise ValueError(f"--cost {args.cost!r}: this sweep has no such cost; it reports {known}")
     results = dict(results, pareto_cost=args.cost)
   print(pareto.format_front(results))
   png = os.path.join(args.workdir, "pareto.png")
@@ -167,7 +194,7 @@ def _cmd_inspect(args, rest) -> int:
   from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq inspect: unexpected arguments {rest}")
-  results = pareto.load_results(args.workdir)
+  results = _load_results(args.workdir)
   print(pareto.format_member(results, args.member))
   return 0
 
@@ -179,6 +206,23 @@ def _cmd_export(args, rest) -> int:
   bundle = export.export_member(args.workdir, args.member, args.out)
   print(bundle.report())
   print(f"bundle: {os.path.abspath(args.out)} (manifest.json, weights.npz)")
+  return 0
+
+
+def _cmd_compare(args, rest) -> int:
+  from jpq_jax import compare  # pylint: disable=import-outside-toplevel
+  if rest:
+    raise SystemExit(f"jpq compare: unexpected arguments {rest}")
+  runs = [compare.load_run(d, cost=args.cost, metric=args.metric) for d in args.workdirs]
+  names = [r.name for r in runs]
+  for i, r in enumerate(runs):  # two runs of one method (e.g. two fixed precisions): tell apart
+    if names.count(r.name) > 1:
+      r.name = f"{r.name} ({os.path.basename(os.path.normpath(args.workdirs[i]))})"
+  comp = compare.write_comparison(runs, args.out, reference=args.reference)
+  with open(os.path.join(args.out, "compare.md")) as f:
+    print(f.read())
+  print(f"comparison of {len(runs)} runs on {comp['cost']}: {os.path.abspath(args.out)} "
+        "(compare.md, compare.json, compare.png)")
   return 0
 
 
@@ -201,6 +245,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("workdir")
   p.add_argument("--member", type=int, default=0)
   p.add_argument("--out", required=True, help="bundle directory to write")
+  p = sub.add_parser("compare", help="compare the fronts of several sweeps (iso-accuracy)")
+  p.add_argument("workdirs", nargs="+", help="sweep work directories (the first is the reference)")
+  p.add_argument("--out", default="compare", help="output directory (default ./compare)")
+  p.add_argument("--cost", default=None, help="cost of the x axis (default: each run's own)")
+  p.add_argument("--metric", default="test_acc", help="accuracy field (test_acc or val_acc)")
+  p.add_argument("--reference", default=None, help="run name whose reductions are reported")
   args, rest = parser.parse_known_args(argv)
   try:
     if args.cmd == "sweep":
@@ -209,9 +259,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return _cmd_report(args, rest)
     if args.cmd == "export":
       return _cmd_export(args, rest)
+    if args.cmd == "compare":
+      return _cmd_compare(args, rest)
     return _cmd_inspect(args, rest)
-  except (ValueError, FileNotFoundError, IndexError) as e:
-    print(f"jpq {args.cmd}: {e}", file=sys.stderr)
+  except (ValueError, OSError, IndexError, KeyError, FloatingPointError) as e:
+    # Bad input of any kind (config, data, work directory, checkpoint): one line naming the
+    # problem, no traceback. JPQ_TRACEBACK=1 shows it, for debugging.
+    if os.environ.get("JPQ_TRACEBACK"):
+      raise
+    if isinstance(e, KeyError):  # str(KeyError) is only the quoted key
+      msg = f"missing key {e.args[0]!r}" if e.args else "missing key"
+    else:
+      msg = str(e)
+    print(f"jpq {args.cmd}: {msg}", file=sys.stderr)
     return 2
 
 

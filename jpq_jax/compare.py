@@ -42,13 +42,20 @@ class Run:
     failed: number of failed members left out.
     cost: the cost name; unit: its unit.
     metric: the accuracy field used.
-    train_time_s: total training time (warm-up + search + fine-tune, and any extra phases).
+    train_time_s: training time of the method: every phase of ``times_s`` except the warm-up,
+      which every method shares (METHOD.md §7.2): search + fine-tune for the joint search and
+      the MPS baselines, PIT search + PIT fine-tune (+ MPS search + fine-tune for
+      ``pit_mixprec``).
+    not_applicable: members without a value for this cost (e.g. the float PIT networks have no
+      MPIC/NE16 latency), left out of the front without counting as failed.
   """
 
-  def __init__(self, name, workdir, points, failed, cost, unit, metric, train_time_s, times):
+  def __init__(self, name, workdir, points, failed, cost, unit, metric, train_time_s, times,
+               method=None, not_applicable=0):
     self.name, self.workdir, self.points, self.failed = name, workdir, points, failed
     self.cost, self.unit, self.metric = cost, unit, metric
     self.train_time_s, self.times = train_time_s, times
+    self.method, self.not_applicable = method, not_applicable
 
   @property
   def front(self) -> List[Dict[str, Any]]:
@@ -64,7 +71,8 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
     workdir: the sweep's work directory.
     cost: cost name to compare on (default: the run's Pareto cost).
     metric: accuracy field (``test_acc`` or ``val_acc``).
-    name: display name (default: the run's ``method``, else its ``name``, else the folder name).
+    name: display name (default: the run's ``method`` (``wXaY`` for a fixed-precision run), else
+      its ``name``, else the folder name).
 
   Returns:
     The :class:`Run`.
@@ -80,7 +88,7 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
     res = json.load(f)
   cost = cost or res.get("pareto_cost") or "size"
   units = res.get("cost_units", {})
-  pts, failed = [], 0
+  pts, failed, na = [], 0, 0
   for m in res.get("members", []):
     if m.get("failed") or m.get("status", "ok") != "ok":
       failed += 1
@@ -91,15 +99,23 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
     if metric not in m:
       raise ValueError(f"{workdir}: metric {metric!r} not in the results")
     c, a = costs[cost], m[metric]
+    if c is None and a is not None:
+      na += 1  # the cost does not apply to this network (e.g. float PIT on a hardware model)
+      continue
     if c is None or a is None or not math.isfinite(c) or not math.isfinite(a):
       failed += 1
       continue
     pts.append({"member": m.get("member"), "lambda": m.get("lambda"), "cost": float(c),
                 "accuracy": float(a)})
   times = res.get("times_s", {}) or {}
-  label = name or res.get("method") or res.get("name") or pathlib.Path(workdir).name
-  return Run(label, str(workdir), pts, failed, cost, units.get(cost, ""), metric,
-             float(sum(v for v in times.values() if v)), times)
+  fb = res.get("fixed_bits")
+  method_label = (f"w{fb[0]}a{fb[1]}" if res.get("method") == "fixed" and fb else res.get("method"))
+  label = name or method_label or res.get("name") or pathlib.Path(workdir).name
+  total = res.get("train_time_s")
+  if total is None:  # results written before the field existed
+    total = sum(v for p, v in times.items() if v and p != "warmup")
+  return Run(label, str(workdir), pts, failed, cost, units.get(cost, ""), metric, float(total),
+             times, method=res.get("method"), not_applicable=na)
 
 
 def pareto_front(points: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -191,8 +207,10 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[s
     raise ValueError(f"unknown reference {reference!r}; runs: {names}")
   return {
       "cost": ref.cost, "unit": ref.unit, "metric": ref.metric, "reference": ref.name,
-      "runs": [{"name": r.name, "workdir": r.workdir, "front": r.front, "n_points": len(r.points),
-                "failed": r.failed, "train_time_s": r.train_time_s, "times_s": r.times}
+      "runs": [{"name": r.name, "method": r.method, "workdir": r.workdir, "front": r.front,
+                "n_points": len(r.points), "failed": r.failed,
+                "not_applicable": r.not_applicable, "train_time_s": r.train_time_s,
+                "times_s": r.times}
                for r in runs],
       "comparisons": [iso_accuracy(ref, r) for r in runs if r is not ref],
   }
@@ -223,13 +241,15 @@ def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = N
     json.dump(comp, f, indent=2)
   unit = comp["unit"]
   lines = [f"# Comparison on {comp['cost']} ({unit}) vs {comp['metric']}", "",
+           "Training time: every phase except the shared float warm-up.", "",
            "| method | front points | failed | best accuracy | cheapest front cost | training time |",
            "|---|---|---|---|---|---|"]
   for r in comp["runs"]:
     fr = r["front"]
     best = f"{100 * fr[-1]['accuracy']:.2f}%" if fr else "-"
     cheap = _fmt_cost(fr[0]["cost"], unit) if fr else "-"
-    lines.append(f"| {r['name']} | {len(fr)} | {r['failed']} | {best} | {cheap} | "
+    na = f" ({r['not_applicable']} without this cost)" if r.get("not_applicable") else ""
+    lines.append(f"| {r['name']} | {len(fr)}{na} | {r['failed']} | {best} | {cheap} | "
                  f"{r['train_time_s']:.0f} s |")
   lines += ["", f"Cost reduction of **{comp['reference']}** at iso-accuracy (cost read off its front "
             "by log-linear interpolation between adjacent points):", "",

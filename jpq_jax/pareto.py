@@ -1,7 +1,9 @@
 """Pareto fronts of a sweep: extraction, result files, table and plot.
 
-A member is on the front when no other (non-failed) member is at least as accurate *and* at most as
-costly with one of the two strictly better. Files written into the run's work directory:
+A member is on the front when no other healthy member is at least as accurate *and* at most as
+costly with one of the two strictly better. Members whose status is not ``ok`` (failed, or
+degenerate: a whole group pruned, non-finite costs) are reported in ``results.json`` but kept off
+the front. Files written into the run's work directory:
 
 * ``results.json``: every member (accuracy, every cost soft and argmax, per-layer bits, times);
 * ``pareto.json`` / ``pareto.csv``: the front (accuracy vs the chosen cost), sorted by cost;
@@ -40,12 +42,17 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
   return out
 
 
+def _healthy(m: Mapping) -> bool:
+  """Not failed and, where the driver annotated it, of status ``ok``."""
+  return not m.get("failed") and m.get("status", "ok") == "ok"
+
+
 def front_of_results(results: Mapping, cost: Optional[str] = None,
                      metric: Optional[str] = None) -> List[Dict[str, Any]]:
   """The front of a sweep's results as rows ``{member, lambda, cost, accuracy, ...}``."""
   cost = cost or results.get("pareto_cost") or results.get("search_cost", "size")
   metric = metric or results.get("pareto_metric", "test_acc")
-  members = [m for m in results["members"] if not m.get("failed")]
+  members = [m for m in results["members"] if _healthy(m)]
   pts = [(m["costs_argmax"].get(cost), m.get(metric)) for m in members]
   rows = []
   for i in pareto_front(pts):

@@ -32,6 +32,8 @@ import json
 import math
 import os
 import platform
+import re
+import signal
 import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -49,10 +51,12 @@ from jpq_jax.table import LayerTable, trace_table
 __all__ = [
     "STRATEGIES", "base_config", "demo_config", "validate_config", "ConfigError", "run_sweep",
     "build_model_from_config", "fixed_variables_template", "choose_strategy", "make_executor",
-    "load_dataset", "library_versions", "init_distributed",
+    "load_dataset", "library_versions", "init_distributed", "METHODS", "resolve_method",
 ]
 
 STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
+# The joint method and the paper's baselines (METHOD.md §7, §10), selected by ``config.method``.
+METHODS = ("joint", "mixprec", "layerwise", "fixed", "pit", "pit_mixprec")
 
 
 class ConfigError(ValueError):
@@ -70,6 +74,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   Fields:
     name: run name (default work directory ``runs/<name>``).
+    method: what the run trains (:func:`resolve_method`): ``joint`` (the paper's joint pruning +
+      channel-wise mixed precision, weights ``model.w_precisions``, default (0, 2, 4, 8)),
+      ``mixprec`` (channel-wise MPS without the 0-bit option), ``layerwise`` (EdMIPS-like:
+      one bit-width per sharing group, no 0 bit), ``fixed`` (QAT at ``fixed_bits``), ``pit``
+      (PIT channel pruning in float, ``sweep.lambdas`` are the PIT strengths) or ``pit_mixprec``
+      (PIT with strength ``pit.strength``, then MPS without 0 bit on the pruned network).
+    fixed_bits: ``(weight bits, activation bits)`` of the ``fixed`` method, e.g. (4, 8) = w4a8.
+    pit: PIT settings (METHOD.md §7.1): ``strength`` (lambda of the PIT stage of ``pit_mixprec``),
+      ``search`` (``epochs``, ``optimizer``, ``arch_optimizer`` of ``alpha_pit``, ``schedule``) and
+      ``finetune`` (``epochs``, ``optimizer``, ``schedule``) of the exported float network.
     seed: run seed (data order, model init).
     data: ``name`` (``demo``, ``cifar10``, ``gsc``, ``tinyimagenet``), ``data_dir``, ``options``
       (passed to :func:`jpq_jax.data.load`).
@@ -92,10 +106,13 @@ def base_config() -> ml_collections.ConfigDict:
       ``train.batch_size`` stays the global batch, only process 0 writes the result files, and
       ``sweep.strategy`` ``auto`` means ``sharded`` (members spread over every process's devices).
     debug: ``nan_member``/``nan_epoch`` (force a NaN loss in one member, fault-isolation tests),
-      ``max_steps_per_epoch`` (0 = all).
+      ``max_steps_per_epoch`` (0 = all), ``kill_at`` (preemption tests: the process SIGKILLs
+      itself at ``<phase>:<epoch>:<when>``; see :func:`kill_point`).
   """
   c = ml_collections.ConfigDict()
   c.name = "sweep"
+  c.method = "joint"
+  c.fixed_bits = (8, 8)
   c.seed = 14
   c.data = ml_collections.ConfigDict(dict(name="cifar10", data_dir="", options={}))
   c.data.options = ml_collections.ConfigDict()
@@ -116,13 +133,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(),
       schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))
+  # PIT (icl PIT script): Adam lr 1e-3 wd 1e-4 on the weights, Adam lr 1e-3 wd 0 on alpha_pit.
+  c.pit = ml_collections.ConfigDict(dict(
+      strength=1e-5,
+      search=ml_collections.ConfigDict(dict(
+          epochs=500, optimizer=_opt(), arch_optimizer=_opt("adam", 1e-3, 0.0),
+          schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)))),
+      finetune=ml_collections.ConfigDict(dict(
+          epochs=500, optimizer=_opt(),
+          schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))))
   c.sweep = ml_collections.ConfigDict(dict(
       lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
       async_checkpoint=True, pareto_cost="", pareto_metric="test_acc"))
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
                                                  coordinator_bind_address="", num_processes=1,
                                                  process_id=0))
-  c.debug = ml_collections.ConfigDict(dict(nan_member=-1, nan_epoch=0, max_steps_per_epoch=0))
+  c.debug = ml_collections.ConfigDict(dict(nan_member=-1, nan_epoch=0, max_steps_per_epoch=0,
+                                            kill_at=""))
   return c
 
 
@@ -141,6 +168,9 @@ def demo_config() -> ml_collections.ConfigDict:
   c.finetune.epochs = 8
   c.search.temperature_decay = 0.2
   c.search.arch_optimizer.lr = 5e-2
+  c.pit.search.epochs = 12
+  c.pit.finetune.epochs = 8
+  c.pit.strength = 1e-4  # the demo network has ~9.7k weights: lambda * weights ~ 1 at full width
   c.sweep.lambdas = (0.0, 1e-5, 3e-5, 6e-5, 1e-4, 1.5e-4, 2.2e-4, 2.7e-4, 3.3e-4, 4e-4)
   return c
 
@@ -174,6 +204,80 @@ def members_of(cfg) -> List[Dict[str, Any]]:
           for s in cfg["sweep"]["seeds"]]
 
 
+def resolve_method(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a method actually trains with (a copy; the given config is not modified).
+
+  * ``joint``: unchanged.
+  * ``mixprec``: ``model.w_precisions`` without 0 (default (2, 4, 8)), channel-wise.
+  * ``layerwise``: the same precisions, ``model.granularity = 'layer'`` (one logit vector per
+    sharing group, EdMIPS-like).
+  * ``fixed``: ``w_precisions = (X,)``, ``a_precisions = (Y,)`` from ``fixed_bits = (X, Y)`` (the
+    input quantizer too, unless ``model.input_precisions`` is set); the search phase is then plain
+    quantization-aware training (one option, theta = 1, a constant cost), so lambda is irrelevant:
+    ``sweep.lambdas`` becomes ``(0.0,)``. The fine-tuning would repeat the same training of the
+    same fixed architecture with a fresh optimizer, so it is skipped (``finetune.epochs = 0``;
+    the QAT budget is ``search.epochs``).
+  * ``pit``: the model's weight set becomes ``(0, max(P))`` (used only by the layer table to cost
+    pruning); the ``search``/``finetune`` sections are unused, ``pit.search``/``pit.finetune`` run.
+  * ``pit_mixprec``: ``(0,) + P`` without 0, with the 0-bit option pinned by PIT's masks
+    (:func:`jpq_jax.pit.pin_logits`), channel-wise.
+
+  Args:
+    cfg: a sweep config.
+
+  Returns:
+    The resolved copy.
+  """
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  method = c.get("method", "joint")
+  w = tuple(int(p) for p in c.model.w_precisions)
+  nonzero = tuple(p for p in w if p != 0)
+  if method in ("mixprec", "layerwise"):
+    c.model.w_precisions = nonzero
+    c.model.granularity = "layer" if method == "layerwise" else "channel"
+  elif method == "fixed":
+    wb, ab = (int(b) for b in c.fixed_bits)
+    c.model.w_precisions = (wb,)
+    c.model.a_precisions = (ab,)
+    c.sweep.lambdas = (0.0,)
+    c.finetune.epochs = 0
+  elif method == "pit":
+    c.model.w_precisions = (0, max(nonzero)) if nonzero else (0, 8)
+    c.model.granularity = "channel"
+  elif method == "pit_mixprec":
+    c.model.w_precisions = (0,) + nonzero
+    c.model.granularity = "channel"
+  return c
+
+
+def _validate_method(cfg) -> None:
+  method = cfg.get("method", "joint")
+  if method not in METHODS:
+    raise _field_error("method", f"unknown method {method!r}; use one of {METHODS}")
+  fb = tuple(cfg.get("fixed_bits", (8, 8)))
+  if method == "fixed":
+    if len(fb) != 2 or not all(isinstance(b, int) and b > 0 for b in fb):
+      raise _field_error("fixed_bits", f"expected (weight bits, activation bits) > 0, got {fb}")
+  nonzero = tuple(p for p in cfg.model.w_precisions if p != 0)
+  if method in ("mixprec", "layerwise", "pit_mixprec") and not nonzero:
+    raise _field_error("model.w_precisions", f"method {method!r} needs a non-zero precision")
+  if method == "pit_mixprec" and cfg.search.sampling != "softmax":
+    raise _field_error("search.sampling", "pit_mixprec pins PIT's pruned channels through exact "
+                       "0/1 softmax thetas; Gumbel noise would unpin them: use 'softmax'")
+  if method == "pit_mixprec" and cfg.model.granularity != "channel":
+    raise _field_error("model.granularity", "pit_mixprec needs channel-wise logits")
+  if method in ("pit", "pit_mixprec"):
+    for ph in ("search", "finetune"):
+      p = cfg.pit[ph]
+      if int(p.epochs) < 0:
+        raise _field_error(f"pit.{ph}.epochs", f"must be >= 0, got {p.epochs}")
+      for o in ("optimizer", "arch_optimizer") if ph == "search" else ("optimizer",):
+        if p[o].name not in ("adam", "sgd") or not p[o].lr > 0:
+          raise _field_error(f"pit.{ph}.{o}", "needs name adam|sgd and lr > 0")
+    if method == "pit_mixprec" and not (math.isfinite(cfg.pit.strength) and cfg.pit.strength >= 0):
+      raise _field_error("pit.strength", f"must be a finite number >= 0, got {cfg.pit.strength}")
+
+
 def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = None,
                     n_devices: Optional[int] = None) -> None:
   """Check a sweep config before anything is compiled or trained.
@@ -187,6 +291,8 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     ConfigError: naming the offending field.
   """
   from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  if "method" in cfg:
+    _validate_method(cfg)
   s = cfg.sweep
   lams = tuple(s.lambdas) if isinstance(s.lambdas, (tuple, list)) else (s.lambdas,)
   if not lams:
@@ -210,9 +316,16 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     raise _field_error("sweep.pareto_metric", "use 'test_acc' or 'val_acc'")
   if cfg.model.name not in MODELS:
     raise _field_error("model.name", f"unknown model {cfg.model.name!r}; available: {sorted(MODELS)}")
-  _space(cfg)
+  _space(resolve_method(cfg) if "method" in cfg else cfg)
   if cfg.train.monitor not in ("acc", "loss"):
     raise _field_error("train.monitor", f"use 'acc' or 'loss', got {cfg.train.monitor!r}")
+  kill = str(cfg.get("debug", {}).get("kill_at", "") or "")
+  if kill:
+    parts = kill.split(":")
+    if (len(parts) != 3 or not parts[1].isdigit()
+        or not (parts[2] in KILL_WHEN or re.fullmatch(r"step\d+", parts[2]))):
+      raise _field_error("debug.kill_at", f"expected '<phase>:<epoch>:<when>' with <when> in "
+                         f"{KILL_WHEN} or step<i>, got {kill!r}")
   from jpq_jax import choice  # pylint: disable=import-outside-toplevel
   if cfg.search.sampling not in choice.SAMPLINGS:
     raise _field_error("search.sampling", f"unknown sampling {cfg.search.sampling!r}; use one of "
@@ -583,6 +696,28 @@ def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int 
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
+KILL_WHEN = ("before_save", "during_save", "after_save")
+
+
+def kill_point(cfg, phase: str, epoch: int, when: str) -> None:
+  """SIGKILL this process when ``cfg.debug.kill_at`` is ``<phase>:<epoch>:<when>`` (tests only).
+
+  A real kill at a precise point, for the preemption tests (``tests/test_reliability.py``). At a
+  checkpoint, ``phase`` is the one in the checkpoint's metadata (``warmup``, ``search``,
+  ``finetune``, ``done``), ``epoch`` the epochs of that phase it has finished (0: the phase's
+  initial state), ``when`` one of :data:`KILL_WHEN` (``during_save``: the asynchronous write has
+  started and is not committed yet). ``<phase>:<e>:step<i>`` kills before training step ``i`` of
+  epoch ``e`` (both 0-based).
+  """
+  want = str(cfg.debug.get("kill_at", "") or "")
+  if want and want == f"{phase}:{epoch}:{when}":
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # SIGKILL and not an exception: nothing (no finally, no atexit, no Orbax cleanup) may run,
+    # exactly as when a scheduler preempts the job.
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class _Log:
   """``metrics.jsonl`` and TensorBoard scalars; written by process 0 only.
 
@@ -722,11 +857,14 @@ class Sweep:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
                progress: bool = True):
-    self.cfg = config
+    # The config as given (config.json, resume check) and as trained (the method's search space).
+    self.raw_cfg = config
+    self.cfg = resolve_method(config) if "method" in config else config
+    self.method = self.cfg.get("method", "joint")
     self.workdir = os.path.abspath(workdir)
     self.progress = progress
     self.is_main = jax.process_index() == 0
-    self.members = members_of(config)
+    self.members = members_of(self.cfg)
     self.n = len(self.members)
     self.dataset = dataset
 
@@ -765,10 +903,19 @@ class Sweep:
     self.ckpt = ckpt_lib.SweepCheckpointer(os.path.join(self.workdir, "checkpoints"),
                                            keep=int(cfg.sweep.checkpoint_keep),
                                            async_save=bool(cfg.sweep.async_checkpoint))
-    self.n_pad = self.n
+    self.n_pad = self._padded(self.n)
+
+  def _padded(self, n: int) -> int:
     if self.strategy == "sharded" or (self.strategy == "measure" and jax.device_count() > 1):
-      md = jax.device_count() // int(cfg.sweep.data_devices)
-      self.n_pad = -(-self.n // md) * md  # pad members to fill every device of the member axis
+      md = jax.device_count() // int(self.cfg.sweep.data_devices)
+      return -(-n // md) * md  # pad members to fill every device of the member axis
+    return n
+
+  def _phase_cfg(self, phase: str):
+    """The config section of a phase (``pit_search`` -> ``pit.search``)."""
+    if phase.startswith("pit_"):
+      return self.cfg.pit[phase[len("pit_"):]]
+    return self.cfg[phase]
 
   def _make_train_loader(self, local: bool):
     cfg, ds = self.cfg, self.dataset
@@ -791,7 +938,19 @@ class Sweep:
 
   def _phase_fns(self, phase: str):
     cfg = self.cfg
-    pc = cfg[phase]
+    pc = self._phase_cfg(phase)
+    if phase.startswith("pit_"):
+      from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+      search = phase == "pit_search"
+      tx = T.make_optimizer(pc.optimizer.to_dict(), pc.arch_optimizer.to_dict() if search else None)
+      make = pit.make_search_step if search else pit.make_finetune_step
+      step = make(self.model, self.table, tx, class_weights=self.cw,
+                  label_smoothing=float(cfg.train.label_smoothing))
+      evaluate = pit.make_eval_step(self.model, self.table, phase, class_weights=self.cw)
+      start = T.earlystop_start(int(pc.epochs), int(cfg.train.earlystop_start))
+      patience = int(cfg.train.patience)
+      end = lambda s, m: T.end_epoch(s, m, start=start, patience=patience)
+      return tx, step, evaluate, end
     tx = T.make_optimizer(pc.optimizer.to_dict(),
                           pc.arch_optimizer.to_dict() if phase == "search" else None)
     step = T.make_train_step(self.model, self.table, phase, tx, cost=cfg.search.cost,
@@ -817,7 +976,9 @@ class Sweep:
   # -- phases --
   def _initial_states(self, phase: str, tx, variables_per_member, temperature=1.0):
     keys = self._member_keys(PHASE_TAGS[phase])
-    states = [T.init_state(phase, v, tx, key=k, lam=m["lam"], temperature=temperature)
+    # PIT's alpha is trained like the search logits ('arch'); its fine-tuning like a fine-tuning.
+    kind = {"pit_search": "search", "pit_finetune": "finetune"}.get(phase, phase)
+    states = [T.init_state(kind, v, tx, key=k, lam=m["lam"], temperature=temperature)
               for v, k, m in zip(variables_per_member, keys, self.members)]
     return _stack(self._pad(states))
 
@@ -848,9 +1009,9 @@ class Sweep:
     return best
 
   def _run_phase(self, phase: str, ex, start_epoch: int, ckpt_base: int, meta: Dict[str, Any],
-                 log: _Log) -> int:
+                 log: _Log, save: bool = True) -> int:
     cfg = self.cfg
-    pc = cfg[phase]
+    pc = self._phase_cfg(phase)
     epochs = int(pc.epochs)
     n = ex.n
     lams = [m["lam"] for m in self.members] + [0.0] * (n - self.n)
@@ -869,11 +1030,13 @@ class Sweep:
         break
       lr = np.float32(T.lr_factor(pc.schedule, e, epochs))
       lam_e = (T.strength_at(lams, e, epochs, bool(cfg.search.incremental_strength))
-               if phase == "search" else np.zeros((n,), np.float32))
+               if phase == "search" else np.asarray(lams, np.float32) if phase == "pit_search"
+               else np.zeros((n,), np.float32))
       sums = None
       for i, (x, y) in enumerate(loader.epoch(e)):
         if i >= self.steps:
           break
+        kill_point(cfg, phase, e, f"step{i}")
         poison = np.zeros((n,), np.float32)
         if (phase == "search" and cfg.debug.nan_member >= 0 and e == int(cfg.debug.nan_epoch)
             and i == 0):
@@ -909,8 +1072,9 @@ class Sweep:
              "failed": [bool(v) for v in flags["failed"][:self.n]],
              "stopped": [bool(v) for v in flags["stopped"][:self.n]],
              "best_epoch": [int(v) for v in flags["best_epoch"][:self.n]]}
-      if hard_cost is not None:
+      if hard_cost is not None or phase == "pit_search":
         rec["cost_soft"] = [_finite(v) for v in train["cost"][:self.n]]
+      if hard_cost is not None:
         rec["cost_argmax"] = [_finite(v) for v in hard_cost[:self.n]]
       if self.is_main:
         log.write(rec)
@@ -926,7 +1090,8 @@ class Sweep:
                              **{phase: meta.get("times", {}).get(phase, 0.0)
                                 + time.perf_counter() - t_phase}))
       t_phase = time.perf_counter()
-      self._save(ck, ex.stacked(), meta)
+      if save:
+        self._save(ck, ex.stacked(), meta)
       self._meta = meta
     if bar is not None:
       bar.close()
@@ -936,7 +1101,7 @@ class Sweep:
   def run(self) -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the results (also written to ``results.json``)."""
     cfg = self.cfg
-    validate_config(cfg, self.workdir)
+    validate_config(self.raw_cfg, self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self._setup()
     # Every process has read the work directory (validate_config, checkpoints) before process 0
@@ -944,7 +1109,8 @@ class Sweep:
     _barrier("jpq_sweep_start")
     if self.is_main:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
-        json.dump({"config": json.loads(cfg.to_json_best_effort()),
+        json.dump({"config": json.loads(self.raw_cfg.to_json_best_effort()),
+                   "resolved_config": json.loads(cfg.to_json_best_effort()),
                    "versions": library_versions(), "strategy": self.strategy,
                    "argv": sys.argv}, f, indent=2)
     step = self.ckpt.latest_step()
@@ -960,7 +1126,11 @@ class Sweep:
       warm_dir = os.path.join(self.workdir, "warmup")
       float_vars = None
       if phase == "warmup":
-        reuse = cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir) else "")
+        # This run's own warmup/ is reused only without a warm-up checkpoint: with one (killed after
+        # writing warmup/, before the search's first checkpoint) the warm-up resumes from it with
+        # nothing left to train, which also restores its metadata (best epoch) for the results.
+        reuse = cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir) and step is None
+                                          else "")
         if reuse:
           float_vars = ckpt_lib.load_tree(reuse, self._float_template())
         else:
@@ -968,6 +1138,12 @@ class Sweep:
           # Every process calls Orbax (it synchronises them); process 0 writes the host arrays.
           ckpt_lib.save_tree(warm_dir, float_vars)
         phase, epoch = "search_init", 0
+      # ---- PIT alone: search, export, fine-tune of the pruned float network ----
+      if self.method == "pit" and phase == "search_init":
+        if float_vars is None:
+          float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
+        results = self._run_pit(float_vars, log)
+        phase = "pit_done"
       # ---- search ----
       # Checkpoint steps: warm-up epochs 1..e_w, search start e_w+1, search epochs up to
       # e_w+1+e_s, fine-tune start e_w+e_s+2, fine-tune epochs, then "done".
@@ -978,7 +1154,16 @@ class Sweep:
           if float_vars is None:
             float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
           from jpq_jax.fold import to_search  # pylint: disable=import-outside-toplevel
-          svars = to_search(self.model, float_vars, self.sample, table=self.table)
+          if self.method == "pit_mixprec":
+            # The PIT-pruned, fine-tuned float network replaces the warm-up model (§7.2); no
+            # weight compensation (kept channels have theta_0 = 0 exactly), 0 bit pinned.
+            from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+            float_vars, masks = self._pit_for_mixprec(float_vars, log)
+            svars = to_search(self.model, float_vars, self.sample, table=self.table,
+                              compensate=False)
+            svars["arch"] = pit.pin_logits(svars["arch"], self.table, masks)
+          else:
+            svars = to_search(self.model, float_vars, self.sample, table=self.table)
           tx, _, _, _ = self._phase_fns("search")
           stacked = self._initial_states("search", tx, [svars] * self.n,
                                          float(cfg.search.temperature))
@@ -1034,7 +1219,7 @@ class Sweep:
         log.write_final(results, base_f + e_f + 1)
         self._meta = dict(self._meta, phase="done", epoch=0)
         self._save(base_f + e_f + 1, final, self._meta)
-      else:  # already done: rebuild the results from the files
+      elif phase != "pit_done":  # already done: rebuild the results from the files
         with open(os.path.join(self.workdir, "results.json")) as f:
           results = json.load(f)
     finally:
@@ -1042,6 +1227,7 @@ class Sweep:
       log.close()
     if self.is_main:
       from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+      annotate_status(results, os.path.join(self.workdir, "metrics.jsonl"))
       pareto.write_results(self.workdir, results)
     return results
 
@@ -1053,7 +1239,13 @@ class Sweep:
     # over processes get a device copy, of which every process writes its own shards.
     state = jax.tree_util.tree_map(
         lambda a: jnp.copy(a) if _is_global(a) else np.asarray(jax.device_get(a)), state)
+    point = (self.cfg, meta.get("phase"), meta.get("epoch"))
+    kill_point(*point, "before_save")
     self.ckpt.save(step, state, meta)
+    kill_point(*point, "during_save")
+    if str(self.cfg.debug.get("kill_at", "")).endswith(":after_save"):
+      self.ckpt.wait()  # only when a kill is requested: "after" means committed
+    kill_point(*point, "after_save")
 
   def _float_template(self):
     v = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x, Ctx.float()),
@@ -1106,6 +1298,192 @@ class Sweep:
     one = jax.eval_shape(lambda v: T.init_state("warmup", v, tx, key=jax.random.PRNGKey(0)), v)
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((1,) + s.shape, s.dtype), one)
 
+  # -- PIT (METHOD.md §7) --
+  def _pit_stage(self, float_vars, log, members):
+    """PIT search then fine-tuning of the exported networks, for ``members`` (lambda = strength).
+
+    Not checkpointed per epoch: an interrupted PIT stage restarts from the warm-up model.
+
+    Returns:
+      ``(ex, final, masks, soft_params, search_failed)``: the fine-tuning executor and its final
+      stacked states, the binary masks of every member (``{group: (C,) numpy}``), the soft
+      effective weight count at the selected search epoch, the search's failed flags.
+    """
+    from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+    saved = (self.members, self.n, self.n_pad)
+    self.members, self.n = list(members), len(members)
+    self.n_pad = self._padded(self.n)
+    # PIT states never meet the search states: loop/vmap/sharded as chosen, measure -> loop.
+    strat = self.strategy if self.strategy in ("loop", "vmap", "sharded") else "loop"
+    e_w = int(self.cfg.warmup.epochs)
+    try:
+      tx, _, _, _ = self._phase_fns("pit_search")
+      v = {"params": float_vars["params"], "arch": pit.init_alpha(self.table),
+           "batch_stats": float_vars["batch_stats"]}
+      _, ex = self._make_ex("pit_search", self.n_pad, strat)
+      ex.set_states(self._initial_states("pit_search", tx, [v] * self.n))
+      self._run_phase("pit_search", ex, 0, e_w, self._meta, log, save=False)
+      ex.map(T.restore_best)
+      sf = _host_tree(ex.stacked())
+      per, masks_all, soft = [], [], []
+      for k in range(self.n):
+        mk = jax.tree_util.tree_map(lambda a: a[k], sf)
+        masks = pit.masks_of(mk.params["arch"], self.table)
+        soft.append(_finite(pit.params_cost(self.table,
+                                             pit.pit_theta(mk.params["arch"], self.table))))
+        ev = pit.export_float(mk.params["params"], mk.extra["batch_stats"], self.table, masks)
+        per.append({**ev, "pit_mask": {g: jnp.asarray(m) for g, m in masks.items()}})
+        masks_all.append(masks)
+      failed = np.asarray(sf.failed)
+      tx, _, _, _ = self._phase_fns("pit_finetune")
+      stacked = self._initial_states("pit_finetune", tx, per).replace(failed=jnp.asarray(failed))
+      _, ex = self._make_ex("pit_finetune", self.n_pad, strat)
+      ex.set_states(stacked)
+      self._run_phase("pit_finetune", ex, 0, e_w, self._meta, log, save=False)
+      ex.map(T.restore_best)
+      return ex, ex.stacked(), masks_all, soft, [bool(f) for f in failed[:self.n]]
+    finally:
+      self.members, self.n, self.n_pad = saved
+
+  def _pit_for_mixprec(self, float_vars, log):
+    """The PIT stage of ``pit_mixprec`` (strength ``pit.strength``; reused from ``pit/`` if done).
+
+    Returns:
+      ``(float variables of the pruned network with the masks baked in, masks)``.
+    """
+    from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+    from jpq_jax.arch import get_path, set_path  # pylint: disable=import-outside-toplevel
+    pit_dir = os.path.join(self.workdir, "pit")
+    info_path = os.path.join(self.workdir, "pit.json")
+    groups = [g for g in self.table.groups if g.kind != "input"]
+    mask_tpl: Dict[str, Any] = {}
+    for g in groups:
+      set_path(mask_tpl, g.path, {"mask": jax.ShapeDtypeStruct((g.channels,), jnp.float32)})
+    if os.path.exists(info_path):
+      tree = ckpt_lib.load_tree(pit_dir, {**self._float_template(), "pit_mask": mask_tpl})
+      masks = {g.name: np.asarray(get_path(tree["pit_mask"], g.path)["mask"]) for g in groups}
+      with open(info_path) as f:
+        info = json.load(f)
+      self._meta = dict(self._meta, times=dict(self._meta.get("times", {}), **info["times"]),
+                        pit=info["pit"])
+      return {"params": tree["params"], "batch_stats": tree["batch_stats"]}, masks
+    member = {"lam": float(self.cfg.pit.strength), "seed": int(self.cfg.sweep.seeds[0])}
+    ex, final, masks_all, soft, failed = self._pit_stage(float_vars, log, [member])
+    del ex
+    if failed[0]:
+      raise FloatingPointError("pit_mixprec: the PIT search diverged (non-finite loss); lower "
+                               "pit.strength or the learning rates")
+    masks = masks_all[0]
+    one = jax.tree_util.tree_map(lambda a: _host(a)[0], final)
+    fv = {"params": pit.bake_masks(one.params["params"], self.table, masks),
+          "batch_stats": one.extra["batch_stats"]}
+    fv = jax.tree_util.tree_map(np.asarray, fv)
+    mtree: Dict[str, Any] = {}
+    for g in groups:
+      set_path(mtree, g.path, {"mask": np.asarray(masks[g.name], np.float32)})
+    ckpt_lib.save_tree(pit_dir, {**fv, "pit_mask": mtree})
+    times = self._meta.get("times", {})
+    info = {"times": {k: times[k] for k in ("pit_search", "pit_finetune") if k in times},
+            "pit": {"strength": member["lam"], "kept": pit.kept_summary(masks, self.table),
+                    "params_soft": soft[0],
+                    "params": _finite(T.get_cost_fn("params")(
+                        self.table, pit.as_precision_theta(
+                            {k: jnp.asarray(v) for k, v in masks.items()}, self.table)))}}
+    if self.is_main:
+      with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    self._meta = dict(self._meta, pit=info["pit"])
+    return fv, masks
+
+  def _run_pit(self, float_vars, log) -> Dict[str, Any]:
+    """The ``pit`` method: PIT search + fine-tuning of every member; its results (float sizes)."""
+    from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+    from jpq_jax.arch import set_path  # pylint: disable=import-outside-toplevel
+    ex, final, masks_all, soft, failed_s = self._pit_stage(float_vars, log, self.members)
+    ds, bs = self.dataset, int(self.cfg.train.eval_batch_size)
+    evals = {"val": _evaluate(ex, ds.val, bs, self.loader_cls, ex.n),
+             "test": _evaluate(ex, ds.test, bs, self.loader_cls, ex.n)}
+    for name, split in (ds.extra_tests or {}).items():
+      evals[f"test_{name}"] = _evaluate(ex, split, bs, self.loader_cls, ex.n)
+    flags = _host_flags(ex)
+    reg = T._registry()  # pylint: disable=protected-access
+    members = []
+    for k, m in enumerate(self.members):
+      masks = masks_all[k]
+      th = pit.as_precision_theta({g: jnp.asarray(v) for g, v in masks.items()}, self.table)
+      base = {n: _finite(v) for n, v in reg.all_costs(self.table, th, ("params", "macs")).items()}
+      # A float network: 32-bit weights and activations; no hardware model covers it.
+      costs = {n: None for n in self.report_costs}
+      costs.update(base)
+      for n in ("size", "size_nodetach"):
+        if n in costs:
+          costs[n] = 32.0 * base["params"]
+      if "bitops" in costs:
+        costs["bitops"] = 32.0 * 32.0 * base["macs"]
+      kept = pit.kept_summary(masks, self.table)
+      layers = {}
+      for l in self.table.layers:
+        kk = kept[l.w_group]["kept"]
+        layers[l.name] = {"group": l.w_group, "cout": l.cout, "kept": kk,
+                          "w_bits_hist": {"0": l.cout - kk, "32": kk},
+                          "mean_w_bits": 32.0 if kk else 0.0, "a_bits": 32}
+      failed = bool(flags["failed"][k]) or failed_s[k]
+      rec = {"member": k, "lambda": m["lam"], "seed": m["seed"], "failed": failed,
+             "status": "failed (non-finite loss)" if failed else "ok",
+             "warmup_best_epoch": self._meta.get("warmup_best_epoch"),
+             "finetune_best_epoch": int(flags["best_epoch"][k]),
+             "costs_soft": {"params": soft[k]}, "costs_argmax": costs, "layers": layers,
+             "groups": {g: dict(v, w_bits_hist={"0": v["channels"] - v["kept"], "32": v["kept"]})
+                        for g, v in kept.items()}}
+      for split, ev in evals.items():
+        rec[f"{split}_acc"] = None if failed else _finite(ev["acc"][k])
+        rec[f"{split}_loss"] = None if failed else _finite(ev["loss"][k])
+      members.append(rec)
+    results = self._header(members)
+    for rec in members:
+      rec["train_time_s"] = results["train_time_s"] / max(self.n, 1)
+      rec["sweep_time_s"] = results["train_time_s"]
+    # The fine-tuned (masked, full-width) float members and their masks.
+    mtree: Dict[str, Any] = {}
+    for g in self.table.groups:
+      if g.kind != "input":
+        set_path(mtree, g.path, {"mask": np.stack([ma[g.name] for ma in masks_all])})
+    fin = {"params": final.params["params"], "batch_stats": final.extra["batch_stats"]}
+    fin = jax.tree_util.tree_map(lambda a: _host(a)[:self.n], fin)
+    ckpt_lib.save_tree(os.path.join(self.workdir, "final"), {**fin, "pit_mask": mtree})
+    log.write_final(results, int(self.cfg.warmup.epochs) + 1)
+    self._meta = dict(self._meta, phase="done", epoch=0)
+    self._save(int(self.cfg.warmup.epochs) + 1, {"done": np.zeros((), np.int32)}, self._meta)
+    return results
+
+  def _header(self, members) -> Dict[str, Any]:
+    """The run-level fields of results.json."""
+    from jpq_jax.costs import registry as creg  # pylint: disable=import-outside-toplevel
+    cfg, ds = self.cfg, self.dataset
+    times = self._meta.get("times", {})
+    out = {"name": cfg.name, "method": self.method, "dataset": ds.name, "model": cfg.model.name,
+           "num_classes": int(ds.num_classes), "input_shape": list(ds.input_shape),
+           "search_cost": "params" if self.method == "pit" else cfg.search.cost,
+           "pareto_cost": cfg.sweep.pareto_cost or ("size" if self.method == "pit"
+                                                    else cfg.search.cost),
+           "pareto_metric": cfg.sweep.pareto_metric,
+           "w_precisions": list(cfg.model.w_precisions), "a_precisions": list(cfg.model.a_precisions),
+           "granularity": cfg.model.granularity,
+           "cost_units": {n: creg.cost_unit(n) for n in self.report_costs},
+           "strategy": self.strategy, "measured_step_s": getattr(self, "measured", None),
+           "times_s": times,
+           # Training time of the method (the warm-up is shared by every method, METHOD.md §7.2).
+           "train_time_s": float(sum(v for p, v in times.items() if p != "warmup" and v)),
+           "versions": library_versions(), "members": members}
+    if self.method == "fixed":
+      out["fixed_bits"] = [int(b) for b in cfg.fixed_bits]
+    if self.method == "pit_mixprec":
+      out["pit"] = self._meta.get("pit")
+      out["train_time_s_stages"] = {
+          "pit": float(sum(times.get(p, 0.0) for p in ("pit_search", "pit_finetune"))),
+          "mixprec": float(sum(times.get(p, 0.0) for p in ("search", "finetune")))}
+    return out
+
   def _costs(self, stacked) -> Dict[str, Any]:
     fn = jax.jit(jax.vmap(T.make_cost_fn(self.table, self.report_costs)))
     out = _host_tree(fn(stacked.params["arch"], stacked.temperature))
@@ -1132,6 +1510,8 @@ class Sweep:
     sc = self._meta.get("search_costs", {"soft": {}, "hard": {}})
     times = self._meta.get("times", {})
     total = sum(times.get(p, 0.0) for p in ("search", "finetune"))
+    # pit_mixprec: every member's pipeline includes the (shared, single) PIT stage in full.
+    pit_total = sum(times.get(p, 0.0) for p in ("pit_search", "pit_finetune"))
     flags = _host_flags(ex)
     members = []
     for k, m in enumerate(self.members):
@@ -1159,23 +1539,74 @@ class Sweep:
              "layers": layers,
              "groups": {g: {kk: (({str(b): c for b, c in vv.items()}) if isinstance(vv, dict) else vv)
                             for kk, vv in rec_.items()} for g, rec_ in groups.items()},
-             "train_time_s": total / max(self.n, 1),
-             "sweep_time_s": total}
+             "train_time_s": pit_total + total / max(self.n, 1),
+             "sweep_time_s": pit_total + total}
       for split, ev in evals.items():
         rec[f"{split}_acc"] = None if failed else _finite(ev["acc"][k])
         rec[f"{split}_loss"] = None if failed else _finite(ev["loss"][k])
       members.append(rec)
-    from jpq_jax.costs import registry as creg  # pylint: disable=import-outside-toplevel
-    return {"name": cfg.name, "dataset": ds.name, "model": cfg.model.name,
-            "num_classes": int(ds.num_classes), "input_shape": list(ds.input_shape),
-            "search_cost": cfg.search.cost, "pareto_cost": cfg.sweep.pareto_cost or cfg.search.cost,
-            "pareto_metric": cfg.sweep.pareto_metric,
-            "cost_units": {n: creg.cost_unit(n) for n in self.report_costs},
-            "strategy": self.strategy, "measured_step_s": getattr(self, "measured", None),
-            "times_s": times, "versions": library_versions(), "members": members}
+    return self._header(members)
 
 
-PHASE_TAGS = {"warmup": 0, "search": 1, "finetune": 2}
+def annotate_status(results: Dict[str, Any], metrics_path: Optional[str] = None) -> None:
+  """Give every member of ``results`` a ``status`` that says what went wrong, in place.
+
+  ``failed: non-finite loss at search epoch 3`` (the first epoch whose ``metrics.jsonl`` record
+  marks the member failed), ``degenerate: all channels of group g_a pruned (layers conv_a)``, or
+  ``degenerate: non-finite cost ...``; ``ok`` otherwise. Also sets ``failed_at`` (``'<phase> epoch
+  <e>'`` or None), ``degenerate_groups`` and ``nonfinite_costs`` (cost names whose value is not
+  finite, written as null in ``costs_soft`` / ``costs_argmax``). Idempotent.
+
+  Args:
+    results: the results of a sweep (``members`` records with ``failed``, ``groups``, costs).
+    metrics_path: the run's ``metrics.jsonl`` (for the failure epoch; optional).
+  """
+  members = results["members"]
+  n = len(members)
+  failed_at: List[Optional[str]] = [None] * n
+  if metrics_path and os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except ValueError:
+          continue
+        flags = rec.get("failed")
+        if not isinstance(flags, list) or len(flags) != n or rec.get("phase") == "warmup":
+          continue  # (the shared warm-up and PIT's single-member stage have other member axes)
+        for k, bad in enumerate(flags):
+          if bad and failed_at[k] is None:
+            failed_at[k] = f"{rec['phase']} epoch {rec['epoch']}"
+  # PIT members are float networks: their hardware costs are null by design, not non-finite.
+  float_costs = results.get("method") == "pit"
+  for k, m in enumerate(members):
+    gone = sorted(g for g, v in (m.get("groups") or {}).items()
+                  if isinstance(v, dict) and v.get("kept") == 0)
+    layers = [l for l, v in (m.get("layers") or {}).items() if v.get("group") in gone]
+    bad_costs = {} if float_costs else {
+        kind: sorted(c for c, v in (m.get(f"costs_{kind}") or {}).items() if v is None)
+        for kind in ("soft", "argmax")}
+    bad_costs = {kind: v for kind, v in bad_costs.items() if v}
+    m["failed_at"] = failed_at[k] or m.get("failed_at")
+    m["degenerate_groups"] = gone
+    m["nonfinite_costs"] = bad_costs
+    notes = []
+    if gone:
+      notes.append(f"all channels of group{'s' if len(gone) > 1 else ''} {', '.join(gone)} pruned"
+                   f" (layers {', '.join(layers)})")
+    if bad_costs:
+      notes.append("non-finite cost " + ", ".join(f"{', '.join(v)} ({kind})"
+                                                 for kind, v in bad_costs.items()))
+    if m.get("failed"):
+      head = "failed: non-finite loss" + (f" at {m['failed_at']}" if m["failed_at"] else "")
+    elif notes:
+      head = "degenerate: " + notes.pop(0)
+    else:
+      head = "ok"
+    m["status"] = "; ".join([head] + notes)
+
+
+PHASE_TAGS = {"warmup": 0, "search": 1, "finetune": 2, "pit_search": 3, "pit_finetune": 4}
 
 
 def _host_flags(ex) -> Dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ __all__ = [
     "PHASES", "CLIP_NAMES", "TrainState", "param_labels", "make_optimizer", "lr_factor",
     "temperature_at", "strength_at", "earlystop_start", "init_state", "make_train_step",
     "make_eval_step", "make_cost_fn", "end_epoch", "restore_best", "cross_entropy", "get_cost_fn",
-    "cost_names",
+    "cost_names", "make_step",
 ]
 
 PHASES = ("warmup", "search", "finetune")
@@ -358,30 +358,51 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
   cost_fn = get_cost_fn(cost) if phase == "search" else None
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
+  def loss_fn(params, state: TrainState, x, y, lam_e, kd, kg):
+    ctx = _ctx(phase, True, state.temperature, sampling, kg)
+    variables = {**params, **state.extra}
+    if phase == "warmup":
+      out, mut = model.apply(variables, x, ctx, mutable=["batch_stats"], rngs={"dropout": kd})
+      new_extra = {**state.extra, **mut}
+    else:
+      out = model.apply(variables, x, ctx, rngs={"dropout": kd})
+      new_extra = state.extra
+    logits = out.value
+    s, n = cross_entropy(logits, y, cw, label_smoothing)
+    task = s / n
+    c = jnp.zeros((), jnp.float32)
+    if phase == "search":
+      c = cost_fn(table, thetas({"arch": params["arch"]}, table, ctx))
+    acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+    return task + lam_e * c, (task, c, acc, new_extra)
+
+  return make_step(loss_fn, tx)
+
+
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+  """A pure single-member step around ``loss_fn``: update, fault isolation, early-stop freezing.
+
+  Shared by :func:`make_train_step` and the PIT phases (:mod:`jpq_jax.pit`), so every phase has the
+  same semantics for ``lr_scale``, ``poison``, non-finite losses and stopped members.
+
+  Args:
+    loss_fn: ``loss_fn(params, state, x, y, lam_e, dropout_key, sampling_key) -> (loss, (task,
+      cost, acc, new_extra))`` (``loss`` without the poison).
+    tx: the optimizer.
+
+  Returns:
+    ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)`` (see
+    :func:`make_train_step`).
+  """
+
   def step(state: TrainState, x, y, lam_e, lr_scale, poison):
     kd, kg = jax.random.split(jax.random.fold_in(state.key, state.step))
-    ctx = _ctx(phase, True, state.temperature, sampling, kg)
 
-    def loss_fn(params):
-      variables = {**params, **state.extra}
-      if phase == "warmup":
-        out, mut = model.apply(variables, x, ctx, mutable=["batch_stats"], rngs={"dropout": kd})
-        new_extra = {**state.extra, **mut}
-      else:
-        out = model.apply(variables, x, ctx, rngs={"dropout": kd})
-        new_extra = state.extra
-      logits = out.value
-      s, n = cross_entropy(logits, y, cw, label_smoothing)
-      task = s / n
-      c = jnp.zeros((), jnp.float32)
-      if phase == "search":
-        c = cost_fn(table, thetas({"arch": params["arch"]}, table, ctx))
-      loss = task + lam_e * c + poison
-      acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
-      return loss, (task, c, acc, new_extra)
+    def full(params):
+      loss, aux = loss_fn(params, state, x, y, lam_e, kd, kg)
+      return loss + poison, aux
 
-    (loss, (task, c, acc, new_extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (task, c, acc, new_extra)), grads = jax.value_and_grad(full, has_aux=True)(state.params)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
     new_params = optax.apply_updates(state.params, updates)

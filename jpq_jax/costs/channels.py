@@ -156,7 +156,10 @@ def _group_cout_eff(g: GroupRecord, theta: Mapping) -> jax.Array:
     return jnp.asarray(float(g.channels), jnp.float32)
   w = theta[g.name].w
   if g.prunable:
-    return g.channels - jnp.sum(w[g.zero_index])
+    # The barrier keeps XLA from reassociating `(C - sum theta_0) + eps` into
+    # `(C + eps) - sum theta_0` inside the cost formulas: in float32 that drops the epsilon, and a
+    # fully pruned group then gives 0/0 = NaN under jit where the reference (eager) gives 0.
+    return jax.lax.optimization_barrier(g.channels - jnp.sum(w[g.zero_index]))
   # No 0-bit option, or layer-wise search (0 bit there is not pruning): all channels count.
   return jnp.asarray(float(g.channels), w.dtype)
 

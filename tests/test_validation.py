@@ -1,0 +1,227 @@
+"""Bad inputs, table-driven: each gets one clear error naming the problem, never a traceback.
+
+CLI rows run the real command (``python -m jpq_jax.cli ...``) in a subprocess and check the exit
+code, that stderr names the problem and that it holds no ``Traceback``. Library rows (export
+bundles, checkpoints) check the exception type and message.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import test_sweep_helpers as H
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fixtures(tmp):
+  """The files the bad-input rows point at."""
+  cfg = H.write_tiny_config(os.path.join(tmp, "tiny.py"))
+  with open(os.path.join(tmp, "syntax.py"), "w") as f:
+    f.write("def get_config(:\n  pass\n")
+  with open(os.path.join(tmp, "noget.py"), "w") as f:
+    f.write("x = 1\n")
+  with open(os.path.join(tmp, "raises.py"), "w") as f:
+    f.write("import no_such_module_jpq\n")
+  with open(os.path.join(tmp, "a_file"), "w") as f:
+    f.write("not a directory\n")
+  bad_json = os.path.join(tmp, "bad_json")
+  os.makedirs(bad_json)
+  with open(os.path.join(bad_json, "results.json"), "w") as f:
+    f.write('{"members": [')
+  not_results = os.path.join(tmp, "not_results")
+  os.makedirs(not_results)
+  with open(os.path.join(not_results, "results.json"), "w") as f:
+    json.dump([1, 2], f)
+  tiny_res = os.path.join(tmp, "tiny_res")
+  os.makedirs(tiny_res)
+  with open(os.path.join(tiny_res, "results.json"), "w") as f:
+    json.dump({"members": [{"member": 0, "lambda": 0.0, "seed": 1, "costs_argmax": {"size": 1.0},
+                            "layers": {}, "groups": {}, "status": "ok"}],
+               "pareto_cost": "size", "pareto_metric": "test_acc"}, f)
+  other_run = os.path.join(tmp, "other_run")
+  os.makedirs(other_run)
+  c = H.tiny_config(lambdas=(1e-6,))
+  with open(os.path.join(other_run, "config.json"), "w") as f:
+    json.dump({"config": json.loads(c.to_json_best_effort())}, f)
+  return cfg
+
+
+def _sweep(*over, workdir="w"):
+  return lambda t: ["sweep", "--config", os.path.join(t, "tiny.py"), "--workdir",
+                    os.path.join(t, workdir), "--no-progress", *over]
+
+
+# (row name, argv builder (tmp dir -> argv), text stderr must contain)
+CLI_ROWS = [
+    # configs
+    ("config file missing", lambda t: ["sweep", "--config", os.path.join(t, "nope.py")],
+     "no such config file"),
+    ("config file syntax error", lambda t: ["sweep", "--config", os.path.join(t, "syntax.py")],
+     "syntax.py' line 1"),
+    ("config file raises", lambda t: ["sweep", "--config", os.path.join(t, "raises.py")],
+     "ModuleNotFoundError"),
+    ("config file without get_config", lambda t: ["sweep", "--config", os.path.join(t, "noget.py")],
+     "defines no get_config"),
+    ("unknown field", _sweep("sweep.nope=1"), "unknown config field"),
+    ("unparsable value", _sweep("search.epochs=abc"), "cannot parse 'abc'"),
+    ("override without =", _sweep("search.epochs"), "expected field=value"),
+    ("negative lambda", _sweep("--config.sweep.lambdas=1e-5,-1"), "sweep.lambdas"),
+    ("repeated lambda", _sweep("sweep.lambdas=1e-5,1e-5"), "repeated lambda"),
+    ("no seeds", _sweep("sweep.seeds="), "sweep.seeds"),
+    ("zero search epochs", _sweep("search.epochs=0"), "search.epochs"),
+    ("zero batch", _sweep("train.batch_size=0"), "train.batch_size"),
+    ("zero temperature", _sweep("search.temperature=0"), "search.temperature"),
+    ("unknown optimizer", _sweep("warmup.optimizer.name=rmsprop"), "warmup.optimizer.name"),
+    ("unknown strategy", _sweep("sweep.strategy=warp"), "sweep.strategy"),
+    ("unknown model", _sweep("model.name=vgg"), "model.name"),
+    ("bad kill point", _sweep("debug.kill_at=search:x"), "debug.kill_at"),
+    # precision sets
+    ("repeated precision", _sweep("model.w_precisions=0,3,3"), "model.w_precisions"),
+    ("pruning only", _sweep("model.w_precisions=0"), "at least one non-zero bit-width"),
+    ("precision out of range", _sweep("model.w_precisions=0,2,64"), "unknown precision 64"),
+    ("0-bit activations", _sweep("model.a_precisions=0,8"), "model.a_precisions"),
+    ("unknown granularity", _sweep("model.granularity=block"), "model.granularity"),
+    # cost names
+    ("unknown search cost", _sweep("search.cost=energy"), "search.cost"),
+    ("unknown pareto cost", _sweep("sweep.pareto_cost=latency"), "sweep.pareto_cost"),
+    ("unknown report cost", lambda t: ["report", os.path.join(t, "tiny_res"), "--cost", "nope"],
+     "--cost 'nope'"),
+    # datasets
+    ("unknown dataset", _sweep("data.name=mnist"), "unknown dataset 'mnist'"),
+    ("dataset not prepared", _sweep("data.name=cifar10", "data.data_dir=/nonexistent_jpq"),
+     "not prepared"),
+    ("image folder missing", _sweep("data.name=folder:/nonexistent_jpq"),
+     "'/nonexistent_jpq' does not exist"),
+    # work directories
+    ("workdir is a file", _sweep(workdir="a_file"), "is a file, not a directory"),
+    ("workdir of another run", _sweep(workdir="other_run"), "holds another run"),
+    ("report of no sweep", lambda t: ["report", os.path.join(t, "empty")], "has no results.json"),
+    ("report of damaged results", lambda t: ["report", os.path.join(t, "bad_json")],
+     "results.json is not valid JSON"),
+    ("report of foreign results", lambda t: ["report", os.path.join(t, "not_results")],
+     "not a sweep's results"),
+    ("inspect member out of range",
+     lambda t: ["inspect", os.path.join(t, "tiny_res"), "--member", "7"],
+     "member 7 out of range"),
+    ("export of unfinished sweep",
+     lambda t: ["export", os.path.join(t, "tiny_res"), "--out", os.path.join(t, "b")], "final"),
+    # CLI arguments
+    ("unknown command", lambda t: ["frobnicate"], "invalid choice"),
+    ("no command", lambda t: [], "required"),
+    ("member not an int", lambda t: ["inspect", t, "--member", "abc"], "invalid int value"),
+    ("report extra argument", lambda t: ["report", os.path.join(t, "tiny_res"), "extra"],
+     "unexpected arguments"),
+]
+
+
+def _run_cli(argv):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "-m", "jpq_jax.cli", *argv], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  return p.returncode, p.stdout, p.stderr
+
+
+def test_bad_cli_inputs(tmp_path):
+  """Every row: non-zero exit, stderr names the problem, no traceback, nothing trained."""
+  tmp = str(tmp_path)
+  _fixtures(tmp)
+  argvs = [build(tmp) for _, build, _ in CLI_ROWS]
+  # Two at a time: each row is a fresh interpreter (about a second of imports).
+  with ThreadPoolExecutor(2) as pool:
+    outs = list(pool.map(_run_cli, argvs))
+  bad = []
+  for (name, _, want), argv, (rc, out, err) in zip(CLI_ROWS, argvs, outs):
+    problems = []
+    if rc == 0:
+      problems.append("exit code 0")
+    if want not in err:
+      problems.append(f"stderr lacks {want!r}")
+    if "Traceback" in err + out:
+      problems.append("traceback")
+    if len([l for l in err.splitlines() if l.startswith("jpq")]) > 1:
+      problems.append("more than one error line")
+    if problems:
+      bad.append((name, argv, problems, err[-800:]))
+  assert not os.path.exists(os.path.join(tmp, "w", "checkpoints")), "a bad input started a run"
+  print(f"\nbad CLI inputs tried: {len(CLI_ROWS)}, rejected cleanly: {len(CLI_ROWS) - len(bad)}")
+  assert not bad, bad
+
+
+# ---- library rows ---------------------------------------------------------------------------------------
+def _bundle_rows():
+  try:
+    from jpq_jax import export  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return []
+  if not hasattr(export, "load_bundle"):
+    return []
+  man, pay = export.MANIFEST, export.PAYLOAD
+
+  def write(path, manifest, arrays=None, raw=None):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, man), "w") as f:
+      f.write(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    if raw is not None:
+      with open(os.path.join(path, pay), "wb") as f:
+        f.write(raw)
+    elif arrays is not None:
+      np.savez(os.path.join(path, pay), **arrays)
+    return path
+
+  ok = {"format_version": export.FORMAT_VERSION,
+        "arrays": {"w": {"shape": [4], "dtype": "int8", "sha256": "0" * 64}}}
+  w = {"w": np.arange(4, dtype=np.int8)}
+  return [
+      ("bundle: wrong format version",
+       lambda t: export.load_bundle(write(os.path.join(t, "v"), dict(ok, format_version=99), w)),
+       export.BundleError, "format_version 99"),
+      ("bundle: corrupt payload (checksum)",
+       lambda t: export.load_bundle(write(os.path.join(t, "c"), ok, w)),
+       export.BundleError, "checksum"),
+      ("bundle: unreadable payload",
+       lambda t: export.load_bundle(write(os.path.join(t, "u"), ok, raw=b"PK\x03\x04garbage")),
+       export.BundleError, "corrupt"),
+      ("bundle: manifest not JSON",
+       lambda t: export.load_bundle(write(os.path.join(t, "j"), "{", w)),
+       export.BundleError, "not valid JSON"),
+      ("bundle: missing directory",
+       lambda t: export.load_bundle(os.path.join(t, "none")), export.BundleError, "is missing"),
+  ]
+
+
+def _checkpoint_rows():
+  from jpq_jax import checkpoint as C  # pylint: disable=import-outside-toplevel
+
+  def damaged_tree(t):
+    path = os.path.join(t, "tree")
+    C.save_tree(path, {"a": np.arange(1000, dtype=np.float32)})
+    files = [os.path.join(r, n) for r, _, ns in os.walk(path) for n in ns if n != C.MANIFEST]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+      f.seek(os.path.getsize(big) // 2)
+      b = f.read(1)
+      f.seek(-1, 1)
+      f.write(bytes([b[0] ^ 0xFF]))
+    return C.load_tree(path)
+
+  return [
+      ("checkpoint: missing tree", lambda t: C.load_tree(os.path.join(t, "none")),
+       FileNotFoundError, "no checkpoint"),
+      ("checkpoint: corrupted tree", damaged_tree, C.CheckpointCorruptError, "corrupted"),
+  ]
+
+
+def test_bad_library_inputs(tmp_path):
+  rows = _bundle_rows() + _checkpoint_rows()
+  if not _bundle_rows():
+    print("\n(export.load_bundle not available: bundle rows skipped)")
+  for name, call, exc, want in rows:
+    with pytest.raises(exc, match=want):
+      call(str(tmp_path))
+  print(f"\nbad library inputs tried: {len(rows)} (export bundles {len(_bundle_rows())})")
