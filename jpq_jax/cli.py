@@ -190,11 +190,41 @@ def _cmd_report(args, rest) -> int:
   return 0
 
 
+_MODEL_SHAPES = {"demo": ((8, 8, 1), 10), "resnet8": ((32, 32, 3), 10),
+                 "dscnn": ((49, 10, 1), 12), "resnet18": ((64, 64, 3), 200)}
+
+
 def _cmd_inspect(args, rest) -> int:
   from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+  from jpq_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq inspect: unexpected arguments {rest}")
+  if args.model:  # the static layer table of a built-in model, no run needed
+    from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
+    if args.model not in _MODEL_SHAPES:
+      raise ValueError(f"unknown model {args.model!r}; available: {sorted(_MODEL_SHAPES)}")
+    shape, classes = _MODEL_SHAPES[args.model]
+    space = None
+    if args.model == "dscnn":
+      from jpq_jax.models import DSCNN  # pylint: disable=import-outside-toplevel
+      space = DSCNN.space
+    model = get_model(args.model, space, classes) if space else get_model(args.model,
+                                                                          num_classes=classes)
+    from jpq_jax.table import trace_table  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    print(trace_table(model, jnp.zeros((1,) + shape)))
+    return 0
+  if not args.workdir:
+    raise ValueError("jpq inspect: give a sweep work directory or --model NAME")
   results = _load_results(args.workdir)
+  if args.table:  # the run's model as a static layer table (channels, kernels, groups, MACs)
+    with open(os.path.join(args.workdir, "config.json")) as f:
+      saved = json.load(f)
+    cfg = saved.get("resolved_config") or saved.get("config") or saved
+    _, table, _ = sweep_lib.build_model_from_config(cfg, results["num_classes"],
+                                                    results["input_shape"])
+    print(table)
+    return 0
   print(pareto.format_member(results, args.member))
   return 0
 
@@ -238,9 +268,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = sub.add_parser("report", help="print the Pareto front of a finished sweep")
   p.add_argument("workdir")
   p.add_argument("--cost", default=None, help="cost of the x axis (default: the sweep's)")
-  p = sub.add_parser("inspect", help="per-layer bits and kept channels of one member")
-  p.add_argument("workdir")
+  p = sub.add_parser("inspect", help="per-layer bits and kept channels of one member, or a "
+                     "model's static layer table (--table, --model)")
+  p.add_argument("workdir", nargs="?", default="")
   p.add_argument("--member", type=int, default=0)
+  p.add_argument("--table", action="store_true", help="print the run's static layer table")
+  p.add_argument("--model", default="", help="print a built-in model's layer table (no run needed)")
   p = sub.add_parser("export", help="export one member as a compact integer bundle")
   p.add_argument("workdir")
   p.add_argument("--member", type=int, default=0)
