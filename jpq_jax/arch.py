@@ -52,11 +52,6 @@ def set_path(tree: dict, path, value) -> None:
   node[path[-1]] = value
 
 
-def _onehot(bits, precisions):
-  p = jnp.asarray(precisions, jnp.int32).reshape((-1,) + (1,) * jnp.ndim(bits))
-  return (jnp.asarray(bits, jnp.int32)[None] == p).astype(jnp.float32)
-
-
 def thetas(variables: Mapping, table: LayerTable, ctx: Ctx) -> Dict[str, GroupTheta]:
   """theta of every group, as the model computes it under ``ctx``.
 
@@ -76,8 +71,7 @@ def thetas(variables: Mapping, table: LayerTable, ctx: Ctx) -> Dict[str, GroupTh
     raise ValueError("thetas: float mode has no precision choices; use a search or fixed Ctx")
   col = "arch" if ctx.mode == "search" else "precision"
   tree = variables.get(col, variables) if isinstance(variables, Mapping) else variables
-  if col in ("arch", "precision") and isinstance(variables, Mapping) and col not in variables and (
-      "params" in variables):
+  if isinstance(variables, Mapping) and col not in variables and "params" in variables:
     raise ValueError(f"thetas: {ctx.mode} mode needs a {col!r} collection in the variables")
   out: Dict[str, GroupTheta] = {}
   for g in table.groups:
@@ -87,22 +81,20 @@ def thetas(variables: Mapping, table: LayerTable, ctx: Ctx) -> Dict[str, GroupTh
       raise ValueError(f"thetas: group {g.name!r} has no entry in the {col!r} collection") from None
     w = a = None
     if ctx.mode == "search":
-      key = choice.group_key(ctx.key, g.name) if ctx.key is not None else None
       if g.kind != "input":
         w = choice.sample_theta(node["alpha_w"], ctx.temperature, train=ctx.train,
-                                sampling=ctx.sampling, key=key)
+                                sampling=ctx.sampling, key=choice.weight_key(ctx.key, g.name))
         if w.ndim == 1:
           w = jnp.broadcast_to(w[:, None], (w.shape[0], g.channels))
       if g.a_precisions:
-        akey = key if g.kind == "input" else (
-            choice.group_key(ctx.key, g.name + "/a") if ctx.key is not None else None)
         a = choice.sample_theta(node["alpha_a"], ctx.temperature, train=ctx.train,
-                                sampling=ctx.sampling, key=akey)
+                                sampling=ctx.sampling,
+                                key=choice.activation_key(ctx.key, g.name, g.kind == "input"))
     else:
       if g.kind != "input":
-        w = _onehot(node["w_bits"], g.w_precisions)
+        w = choice.onehot_from_bits(node["w_bits"], g.w_precisions)
       if g.a_precisions:
-        a = _onehot(node["a_bits"], g.a_precisions)
+        a = choice.onehot_from_bits(node["a_bits"], g.a_precisions)
     out[g.name] = GroupTheta(w=w, a=a)
   return out
 

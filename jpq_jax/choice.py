@@ -23,6 +23,9 @@ __all__ = [
     "sample_theta",
     "argmax_onehot",
     "group_key",
+    "weight_key",
+    "activation_key",
+    "onehot_from_bits",
 ]
 
 # Sampling methods in training mode (METHOD.md §2.3):
@@ -98,6 +101,26 @@ def argmax_onehot(theta_soft: jax.Array) -> jax.Array:
 def group_key(key: jax.Array, group_name: str) -> jax.Array:
   """Deterministic per-group PRNG key: every layer of a group sees the same Gumbel sample."""
   return jax.random.fold_in(key, zlib.crc32(group_name.encode()) & 0x7FFFFFFF)
+
+
+def weight_key(key: Optional[jax.Array], group_name: str) -> Optional[jax.Array]:
+  """Key of a group's weight-choice sample (None without a key). The layers and
+  :func:`jpq_jax.thetas` both derive it here, so the costs see the sample the forward used."""
+  return group_key(key, group_name) if key is not None else None
+
+
+def activation_key(key: Optional[jax.Array], group_name: str, is_input: bool) -> Optional[jax.Array]:
+  """Key of a group's activation-choice sample; the input quantizer has only this one choice."""
+  if key is None:
+    return None
+  return group_key(key, group_name if is_input else group_name + "/a")
+
+
+def onehot_from_bits(bits: jax.Array, precisions: Sequence[int]) -> jax.Array:
+  """theta ``(n, ...)`` of a frozen choice: ``theta[i] = (bits == precisions[i])`` (float32)."""
+  bits = jnp.asarray(bits, jnp.int32)
+  p = jnp.asarray(precisions, jnp.int32).reshape((-1,) + (1,) * bits.ndim)
+  return (bits[None] == p).astype(jnp.float32)
 
 
 def sample_theta(alpha: jax.Array,

@@ -76,13 +76,12 @@ def to_search(model: Any, float_variables: Mapping, sample_input: Any, *, compen
   rng = jax.random.PRNGKey(0) if rng is None else rng
   # The search-mode init provides the clips and the logits (p / max(p)); its kernels are replaced.
   search = jax.jit(lambda x: model.init(rng, x, Ctx.search()))(jnp.zeros(x.shape, x.dtype))
-  init = search
   params = _to_mutable(search["params"])
   fparams = float_variables["params"]
   stats = float_variables.get("batch_stats", {})
   for layer in table.layers:
     fl = _fetch(fparams, layer.path, "parameters", layer.name)
-    target = get_path(init["params"], layer.path)
+    target = get_path(search["params"], layer.path)
     kernel = jnp.asarray(fl["kernel"])
     if kernel.shape != target["kernel"].shape:
       raise ValueError(f"conversion: layer {layer.name!r} kernel shape {kernel.shape} in the float "

@@ -244,12 +244,6 @@ def _tracing_table(module: nn.Module) -> bool:
   return module.is_mutable_collection(TABLE_COLLECTION) and not module.is_initializing()
 
 
-def _onehot_from_bits(bits: jax.Array, precisions: Sequence[int], dtype=jnp.float32) -> jax.Array:
-  """theta (n, ...) with theta[i] = (bits == precisions[i])."""
-  p = jnp.asarray(precisions, bits.dtype).reshape((-1,) + (1,) * bits.ndim)
-  return (bits[None] == p).astype(dtype)
-
-
 class Group(nn.Module):
   """A sharing group: shared weight logits, shared activation quantizer, one pruning mask.
 
@@ -340,7 +334,7 @@ class Group(nn.Module):
       if alpha.shape != shape:
         raise ValueError(f"group {self.group_name!r}: arch alpha_w has shape {alpha.shape}, "
                          f"expected {shape} for weight precisions {ps}")
-      key = choice.group_key(ctx.key, self.group_name) if ctx.key is not None else None
+      key = choice.weight_key(ctx.key, self.group_name)
       th = choice.sample_theta(alpha, ctx.temperature, train=ctx.train, sampling=ctx.sampling, key=key)
       if th.ndim == 1:
         th = jnp.broadcast_to(th[:, None], (len(ps), self.features))
@@ -351,7 +345,7 @@ class Group(nn.Module):
       if bits.shape != (self.features,):
         raise ValueError(f"group {self.group_name!r}: precision w_bits has shape {bits.shape}, "
                          f"expected ({self.features},)")
-      return _onehot_from_bits(bits, ps)
+      return choice.onehot_from_bits(bits, ps)
     raise ValueError("theta_w is defined only in search and fixed modes")
 
   def theta_a(self, ctx: Ctx) -> Optional[jax.Array]:
@@ -364,13 +358,13 @@ class Group(nn.Module):
       if alpha.shape != (len(ps),):
         raise ValueError(f"group {self.group_name!r}: arch alpha_a has shape {alpha.shape}, "
                          f"expected ({len(ps)},)")
-      key = (choice.group_key(ctx.key, self.group_name + "/a") if ctx.key is not None else None)
+      key = choice.activation_key(ctx.key, self.group_name, is_input=False)
       return choice.sample_theta(alpha, ctx.temperature, train=ctx.train, sampling=ctx.sampling,
                                  key=key)
     if ctx.mode == "fixed":
       self._check_precision(ctx)
       bits = _var(self, "precision", "a_bits", lambda: jnp.asarray(max(ps), jnp.int32))
-      return _onehot_from_bits(jnp.asarray(bits), ps)
+      return choice.onehot_from_bits(bits, ps)
     raise ValueError("theta_a is defined only in search and fixed modes")
 
   # ---- computations -----------------------------------------------------------------------------
@@ -448,14 +442,14 @@ class InputQuantizer(nn.Module):
       return QTensor(value=x, s_a=None, group=name)
     if ctx.mode == "search":
       alpha = _var(self, "arch", "alpha_a", lambda: choice.init_logits(ps))
-      key = choice.group_key(ctx.key, name) if ctx.key is not None else None
+      key = choice.activation_key(ctx.key, name, is_input=True)
       th = choice.sample_theta(alpha, ctx.temperature, train=ctx.train, sampling=ctx.sampling, key=key)
     else:
       if not self.is_initializing() and not self.has_variable("precision", "a_bits"):
         raise ValueError(f"fixed mode needs a 'precision' collection, but the input quantizer "
                          f"{name!r} has none: freeze the architecture with jpq_jax.freeze(...) first")
       bits = _var(self, "precision", "a_bits", lambda: jnp.asarray(max(ps), jnp.int32))
-      th = _onehot_from_bits(jnp.asarray(bits), ps)
+      th = choice.onehot_from_bits(bits, ps)
     n = len(ps)
     y = jnp.zeros_like(x)
     s_a = jnp.zeros((), x.dtype)

@@ -161,6 +161,12 @@ def _padding(padding) -> Any:
   return tuple(tuple(int(t) for t in p) for p in padding)
 
 
+def _pool(kind: str, window, strides, padding) -> Op:
+  w = _pair(window)
+  return Op(kind, window=w, strides=_pair(strides) if strides is not None else w,
+            padding=_padding(padding))
+
+
 def avg_pool(window: Union[int, _Pair], strides: Union[int, _Pair, None] = None,
              padding: Any = "VALID") -> Op:
   """Average pooling (``flax.linen.avg_pool``; padding counts in the divisor).
@@ -173,9 +179,7 @@ def avg_pool(window: Union[int, _Pair], strides: Union[int, _Pair, None] = None,
   Returns:
     The op.
   """
-  w = _pair(window)
-  return Op("avg_pool", window=w, strides=_pair(strides) if strides is not None else w,
-            padding=_padding(padding))
+  return _pool("avg_pool", window, strides, padding)
 
 
 def max_pool(window: Union[int, _Pair], strides: Union[int, _Pair, None] = None,
@@ -190,9 +194,7 @@ def max_pool(window: Union[int, _Pair], strides: Union[int, _Pair, None] = None,
   Returns:
     The op.
   """
-  w = _pair(window)
-  return Op("max_pool", window=w, strides=_pair(strides) if strides is not None else w,
-            padding=_padding(padding))
+  return _pool("max_pool", window, strides, padding)
 
 
 def dropout(rate: float, deterministic: bool) -> Op:
