@@ -1,45 +1,61 @@
-"""Search-phase throughput of the sweep strategies: member-images/s for N members.
+"""Search-phase throughput and memory of the sweep strategies: member-images/s for N members.
 
-For N in {1, 2, 4, 8} (batch 32) and each strategy (``vmap``; ``sharded`` with >1 device) against
-``loop`` (a Python loop of single-member jitted steps), measures the compile time (first call),
-the steady-state step time, member-images/s (= N * batch / step time) and the process RSS (XLA's
-buffers live outside the Python heap, so tracemalloc would miss them). Prints a table and writes
-``benchmarks/results/sweep.json``. This is what the ``auto`` strategy's per-backend rule rests on.
+For every N (default 1, 2, 4, 8, 16; batch 32; ResNet-8 search step with the size cost) and every
+strategy (``loop``: a Python loop of one jitted single-member step; ``vmap``: the step vmapped over
+the stacked member axis; ``sharded`` when JAX sees more than one device), each measurement runs in
+a fresh subprocess so that its peak memory is its own, and reports:
+
+* compile time (first call) and the steady-state step time, median over ``--repeats`` timed blocks
+  of ``--steps`` steps; member-images/s = N * batch / step time;
+* the ratio to ``loop`` at the same N (the baseline the issue names), and which strategy the
+  driver's ``auto`` picks on this backend (``sweep.choose_strategy``);
+* recompiles: the step is called with new lambdas, temperatures and learning-rate factors (what
+  changes across members and epochs) and its traces are counted: must stay at 1;
+* peak resident memory of the subprocess (``ru_maxrss``: XLA's buffers live outside the Python
+  heap) against the budget 1.5 GB + 0.25 GB * N.
+
+Prints a table and writes ``benchmarks/results/sweep.json``.
 
 Usage::
 
-  python benchmarks/sweep.py                       # DemoNet 8x8x1 (fast)
-  python benchmarks/sweep.py --model resnet8 --steps 5
+  python benchmarks/sweep.py                              # ResNet-8, N = 1..16 (about 15 min, 2 cores)
+  python benchmarks/sweep.py --model demo --members 1,2,4,8 --steps 20
+  python benchmarks/sweep.py --quick                       # N = 1, 2, 4; 2 repeats
 """
 
+from __future__ import annotations
+
 import argparse
-import sys
 import json
 import os
 import platform
-import resource
+import statistics
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import psutil
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-
-from jpq_jax import sweep, to_search, trace_table
-from jpq_jax import train as T
-from jpq_jax.layers import Ctx
-from jpq_jax.models import get_model
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {"demo": (8, 8, 1), "resnet8": (32, 32, 3), "dscnn": (49, 10, 1), "resnet18": (64, 64, 3)}
 
 
-def _rss_mb():
-  return psutil.Process().memory_info().rss / 2 ** 20
+def _budget_mb(n: int) -> float:
+  return (1.5 + 0.25 * n) * 1024
 
 
-def bench(model_name, n, strategy, batch, steps):
+def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repeats: int) -> dict:
+  """One (N, strategy) measurement in this process (run it in a fresh subprocess)."""
+  import resource  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  sys.path.insert(0, ROOT)
+  from jpq_jax import sweep, to_search, trace_table  # pylint: disable=import-outside-toplevel
+  from jpq_jax import train as T  # pylint: disable=import-outside-toplevel
+  from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
+  from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
+
   model = get_model(model_name, num_classes=10)
   shape = SHAPES[model_name]
   x = np.random.RandomState(0).rand(batch, *shape).astype(np.float32)
@@ -49,54 +65,110 @@ def bench(model_name, n, strategy, batch, steps):
   sv = to_search(model, fv, jnp.zeros((1,) + shape), table=table)
   tx = T.make_optimizer({"name": "adam", "lr": 1e-3, "wd": 1e-4},
                         {"name": "sgd", "lr": 1e-2, "momentum": 0.9})
-  step = T.make_train_step(model, table, "search", tx, cost="size")
+  inner = T.make_train_step(model, table, "search", tx, cost="size")
+  traces = []
+
+  def step(*a):
+    traces.append(1)  # Python side effect: runs once per trace
+    return inner(*a)
+
   ev = T.make_eval_step(model, "search")
   end = lambda s, m: T.end_epoch(s, m, start=-1, patience=10)
   states = [T.init_state("search", sv, tx, key=jax.random.PRNGKey(k), lam=1e-6) for k in range(n)]
   ex = sweep.make_executor(strategy, step, ev, end, n)
   ex.set_states(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states))
-  lam = np.full((n,), 1e-6, np.float32)
+  del states
+  lams = np.geomspace(1e-7, 1e-5, n).astype(np.float32)
   zero = np.zeros((n,), np.float32)
   t0 = time.perf_counter()
-  jax.block_until_ready(ex.train_step(x, y, lam, np.float32(1), zero))
+  jax.block_until_ready(ex.train_step(x, y, lams, np.float32(1), zero))
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(ex.train_step(x, y, lam, np.float32(1), zero))
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    out = ex.train_step(x, y, lam, np.float32(1), zero)
-  jax.block_until_ready(out)
-  dt = (time.perf_counter() - t0) / steps
+  # What changes across epochs and members enters as arrays: new lambdas, a new lr factor and
+  # (inside the state) a new temperature must not trigger a trace.
+  n_traces_first = len(traces)
+  for e in range(3):
+    ex.map(lambda s, e=e: s.replace(temperature=s.temperature * np.float32(0.9)))
+    jax.block_until_ready(ex.train_step(x, y, lams * (e + 2), np.float32(0.99**(e + 1)), zero))
+  recompiles = len(traces) - n_traces_first
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      out = ex.train_step(x, y, lams, np.float32(1), zero)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / steps)
+  dt = statistics.median(times)
   return {"model": model_name, "members": n, "strategy": strategy, "batch": batch,
-          "compile_s": compile_s, "step_ms": 1e3 * dt, "member_images_per_s": n * batch / dt,
-          "rss_mb": _rss_mb(), "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "compile_s": compile_s, "step_ms": 1e3 * dt, "step_ms_all": [1e3 * t for t in times],
+          "member_images_per_s": n * batch / dt, "recompiles": recompiles,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "budget_mb": _budget_mb(n), "devices": len(jax.devices())}
+
+
+def _child(args, n, strategy):
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{n}:{strategy}",
+         "--model", args.model, "--batch", str(args.batch), "--steps", str(args.steps),
+         "--repeats", str(args.repeats)]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    return {"members": n, "strategy": strategy, "error": out.stderr.strip().splitlines()[-1:]}
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--model", default="demo", choices=sorted(SHAPES))
-  ap.add_argument("--members", default="1,2,4,8")
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--model", default="resnet8", choices=sorted(SHAPES))
+  ap.add_argument("--members", default="1,2,4,8,16")
+  ap.add_argument("--strategies", default="", help="default: loop,vmap (+sharded with >1 device)")
   ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
+  ap.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
+  ap.add_argument("--quick", action="store_true", help="N = 1, 2, 4 and 2 repeats")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "sweep.json"))
+  ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
-  strategies = ["loop", "vmap"] + (["sharded"] if jax.device_count() > 1 else [])
+  if args.child:
+    n, strategy = args.child.split(":")
+    print(json.dumps(measure(args.model, int(n), strategy, args.batch, args.steps, args.repeats)))
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, ROOT)
+  from jpq_jax.sweep import choose_strategy  # pylint: disable=import-outside-toplevel
+  if args.quick:
+    args.members, args.repeats = "1,2,4", 2
+  strategies = (args.strategies.split(",") if args.strategies else
+                ["loop", "vmap"] + (["sharded"] if jax.device_count() > 1 else []))
+  auto = choose_strategy("auto")
   rows = []
-  print(f"{'N':>3} {'strategy':<8} {'compile s':>9} {'step ms':>9} {'member-img/s':>13} "
-        f"{'vs loop':>8} {'RSS MB':>8}")
+  hdr = (f"{'N':>3} {'strategy':<8} {'compile s':>9} {'step ms':>9} {'member-img/s':>13} "
+         f"{'vs loop':>8} {'recompiles':>10} {'peak MB':>8} {'budget MB':>9}")
+  print(f"{args.model}, batch {args.batch}, backend {jax.default_backend()}, auto -> {auto}")
+  print(hdr)
+  print("-" * len(hdr))
   for n in [int(v) for v in args.members.split(",")]:
     base = None
     for s in strategies:
       if s == "sharded" and n % jax.device_count():
         continue
-      r = bench(args.model, n, s, args.batch, args.steps)
+      r = _child(args, n, s)
+      if "error" in r:
+        print(f"{n:>3} {s:<8} failed: {r['error']}")
+        rows.append(r)
+        continue
       base = r["member_images_per_s"] if s == "loop" else base
-      r["speedup_vs_loop"] = r["member_images_per_s"] / base
+      r["speedup_vs_loop"] = r["member_images_per_s"] / base if base else None
+      r["auto"] = s == auto
       rows.append(r)
-      print(f"{n:>3} {s:<8} {r['compile_s']:>9.2f} {r['step_ms']:>9.2f} "
-            f"{r['member_images_per_s']:>13.0f} {r['speedup_vs_loop']:>8.2f} {r['rss_mb']:>8.0f}")
+      print(f"{n:>3} {s + ('*' if s == auto else ''):<8} {r['compile_s']:>9.2f} {r['step_ms']:>9.1f} "
+            f"{r['member_images_per_s']:>13.0f} {r['speedup_vs_loop'] or float('nan'):>8.2f} "
+            f"{r['recompiles']:>10} {r['peak_rss_mb']:>8.0f} {r['budget_mb']:>9.0f}", flush=True)
+  print("* = the strategy the driver's 'auto' picks on this backend")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  meta = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-          "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__}
+  meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+          "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+          "auto": auto, "model": args.model, "batch": args.batch, "steps": args.steps,
+          "repeats": args.repeats}
   with open(args.out, "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=2)
   print(f"written {args.out}")

@@ -40,7 +40,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,14 +53,22 @@ FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pi
 # a 2,000-image subset of the validation split, the full 10,000-image test set; batch 32; epochs
 # below (early stopping never triggers: earlystop_start 20 > every phase); everything else as the
 # reference config (optimizers, lr schedule 0.99^epoch, temperature decay per epoch).
+# Lambdas: the full protocol's range (3e-7 .. 3e-6) moves the architecture logits too little in 10
+# search epochs (the arch optimizer is SGD, so the drift per epoch is proportional to lambda): a
+# first run of this protocol with it ended with every member at ~all-8-bit (617,854 bits vs
+# 618,880). Ten to a hundred times larger lambdas trace a front within the shortened search. PIT's
+# mask logits use Adam (speed independent of the strength); its strength sets the balance.
 CPU_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 10000, "val_size": 2000},
     "epochs": {"warmup": 15, "search": 10, "finetune": 5, "pit.search": 8, "pit.finetune": 5},
     # Fixed precision: QAT for search + fine-tune epochs of the joint method (same budget).
     "fixed_search_epochs": 15,
-    "lambdas": (3e-7, 1e-6, 3e-6),
-    "pit_strength": 8e-6,
+    "lambdas": (1e-5, 3e-5, 1e-4, 3e-4),
+    "pit_strength": 2e-4,
+    # Optional hardware-cost runs (``--runs joint_mpic,joint_ne16``): the size lambdas above
+    # rescaled to each cost (see the module docstring), fewer of them to fit the time.
+    "hw_lambdas": (3e-5, 1e-4, 3e-4),
 }
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
@@ -111,14 +119,32 @@ def all8_costs(cfg) -> Dict[str, float]:
   return out
 
 
-def run_configs(bench: str, protocol: str, data_dir: str) -> Dict[str, object]:
-  """The config of every run of ``bench`` under ``protocol`` (``full``, ``cpu`` or ``smoke``)."""
+def run_configs(bench: str, protocol: str, data_dir: str,
+                extra_runs: Sequence[str] = ()) -> Dict[str, object]:
+  """The config of every run of ``bench`` under ``protocol`` (``full``, ``cpu`` or ``smoke``).
+
+  Args:
+    bench: config name in ``experiments/configs``.
+    protocol: ``full``, ``cpu`` or ``smoke``.
+    data_dir: overrides ``data.data_dir`` when not empty.
+    extra_runs: runs of the full protocol to add to a reduced one (e.g. ``joint_mpic``).
+
+  Returns:
+    ``{run name: config}``.
+
+  Raises:
+    ValueError: an unknown run name.
+  """
+  unknown = [r for r in extra_runs if r not in FULL_RUNS]
+  if unknown:
+    raise ValueError(f"unknown run(s) {unknown}; the runs are {FULL_RUNS}")
   from jpq_jax.cli import load_config  # pylint: disable=import-outside-toplevel
   base = load_config(os.path.join(ROOT, "experiments", "configs", f"{bench}.py"))
   if data_dir:
     base.data.data_dir = data_dir
   prot = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(protocol)
-  runs = FULL_RUNS if prot is None else prot["runs"]
+  runs = FULL_RUNS if prot is None else tuple(prot["runs"]) + tuple(
+      r for r in extra_runs if r not in prot["runs"])
   if prot is not None:
     with base.data.options.unlocked():
       for k, v in prot["data"].items():
@@ -145,7 +171,8 @@ def run_configs(bench: str, protocol: str, data_dir: str) -> Dict[str, object]:
       c.method = "joint"
       c.search.cost = cost
       c.sweep.pareto_cost = cost
-      c.sweep.lambdas = tuple(float(l) * scale["size"] / scale[cost] for l in base.sweep.lambdas)
+      lams = prot.get("hw_lambdas", base.sweep.lambdas) if prot is not None else base.sweep.lambdas
+      c.sweep.lambdas = tuple(float(l) * scale["size"] / scale[cost] for l in lams)
     elif r == "pit":
       c.method = "pit"
       c.sweep.lambdas = tuple(8.0 * float(l) for l in base.sweep.lambdas)
@@ -166,12 +193,17 @@ def main(argv=None) -> int:
   from jpq_jax import compare, sweep  # pylint: disable=import-outside-toplevel
   wd = args.workdir or os.path.join("runs", f"bench_{args.bench}_{args.protocol}")
   os.makedirs(wd, exist_ok=True)
-  cfgs = run_configs(args.bench, args.protocol, args.data_dir)
-  if args.runs:
-    keep = args.runs.split(",")
+  keep = [r for r in args.runs.split(",") if r]
+  try:
+    cfgs = run_configs(args.bench, args.protocol, args.data_dir, extra_runs=keep)
+  except ValueError as e:
+    ap.error(str(e))
+  if keep:
     cfgs = {k: v for k, v in cfgs.items() if k in keep or k == "joint"}
   order = ["joint"] + [k for k in cfgs if k != "joint"]
+  order_key = lambda r: FULL_RUNS.index(r) if r in FULL_RUNS else len(FULL_RUNS)
   wall = {}
+  t_start = time.time()
   for r in order:
     c = cfgs[r]
     if r != "joint":  # every method starts from the same float warm-up (METHOD.md §7.2)
@@ -181,10 +213,15 @@ def main(argv=None) -> int:
     sweep.run_sweep(c, os.path.join(wd, r), progress=False)
     wall[r] = time.time() - t0
     print(f"== {r} done in {wall[r]:.0f} s", flush=True)
-  reports = {"size": [r for r in order]}
-  if "joint_mpic" in cfgs and "joint_ne16" in cfgs:
-    reports["mpic"] = ["joint_mpic", "joint_ne16"] + [r for r in order if not r.startswith("joint_")]
-    reports["ne16"] = ["joint_ne16", "joint_mpic"] + [r for r in order if not r.startswith("joint_")]
+  # Reports over every finished run of the work directory, not only this invocation's: a later
+  # ``--runs joint_mpic,joint_ne16`` adds the hardware fronts to the same comparison.
+  done = sorted((r for r in set(order) | set(FULL_RUNS)
+                 if os.path.exists(os.path.join(wd, r, "results.json"))), key=order_key)
+  plain = [r for r in done if not r.startswith("joint_")]
+  reports = {"size": ["joint"] + [r for r in done if r != "joint"]}
+  if "joint_mpic" in done and "joint_ne16" in done:
+    reports["mpic"] = ["joint_mpic", "joint_ne16"] + plain
+    reports["ne16"] = ["joint_ne16", "joint_mpic"] + plain
   for cost, names in reports.items():
     runs = []
     for r in names:
@@ -193,11 +230,21 @@ def main(argv=None) -> int:
       runs.append(run)
     compare.write_comparison(runs, os.path.join(wd, f"compare_{cost}"))
     print(open(os.path.join(wd, f"compare_{cost}", "compare.md")).read())
-  with open(os.path.join(wd, "benchmark.json"), "w") as f:
-    json.dump({"bench": args.bench, "protocol": args.protocol, "runs": order,
-               "wall_s_this_invocation": wall,
-               "protocol_settings": {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(
-                   args.protocol, "configs as given")}, f, indent=2, default=list)
+  # One record per invocation, appended: a rerun that only adds runs (or resumes) keeps the wall
+  # times of the earlier invocations.
+  path = os.path.join(wd, "benchmark.json")
+  record = {"bench": args.bench, "protocol": args.protocol, "runs": order}
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+  record.setdefault("invocations", []).append(
+      {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
+       "wall_s": wall, "total_wall_s": time.time() - t_start})
+  record["runs"] = sorted(set(record.get("runs", [])) | set(order), key=order_key)
+  record["protocol_settings"] = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(
+      args.protocol, "configs as given")
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2, default=list)
   return 0
 
 
