@@ -56,19 +56,22 @@ FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pi
 # Lambdas: the full protocol's range (3e-7 .. 3e-6) moves the architecture logits too little in 10
 # search epochs (the arch optimizer is SGD, so the drift per epoch is proportional to lambda): a
 # first run of this protocol with it ended with every member at ~all-8-bit (617,854 bits vs
-# 618,880). Ten to a hundred times larger lambdas trace a front within the shortened search. PIT's
-# mask logits use Adam (speed independent of the strength); its strength sets the balance.
+# 618,880). A second try with 1e-5 .. 3e-4 overshot: after 4 epochs the argmax architectures were at
+# 187,178 / 30,528 / 468 / 0 bits with chance validation accuracy (whole layers at 0 bit: every
+# channel of a layer gets the same cost gradient, so a strong cost flips them together before the
+# task gradient can tell them apart). The window in between is narrow at this length. PIT's mask
+# logits use Adam (speed independent of the strength); its strength sets the balance.
 CPU_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 10000, "val_size": 2000},
     "epochs": {"warmup": 15, "search": 10, "finetune": 5, "pit.search": 8, "pit.finetune": 5},
     # Fixed precision: QAT for search + fine-tune epochs of the joint method (same budget).
     "fixed_search_epochs": 15,
-    "lambdas": (1e-5, 3e-5, 1e-4, 3e-4),
-    "pit_strength": 2e-4,
+    "lambdas": (3.5e-6, 5e-6, 7e-6, 1e-5),
+    "pit_strength": 5e-5,  # 8 x the middle lambda (PIT counts weights, the size cost bits)
     # Optional hardware-cost runs (``--runs joint_mpic,joint_ne16``): the size lambdas above
     # rescaled to each cost (see the module docstring), fewer of them to fit the time.
-    "hw_lambdas": (3e-5, 1e-4, 3e-4),
+    "hw_lambdas": (5e-6, 7e-6),
 }
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),

@@ -387,7 +387,11 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
 
   Returns:
     ``(model, variables, table)``: the Flax model, ``{'params', 'precision'}`` for
-    ``model.apply(variables, x, jpq_jax.Ctx.fixed())``, and the layer table.
+    ``model.apply(variables, x, jpq_jax.Ctx.fixed())``, and the layer table. A ``pit`` sweep's
+    members are float networks: ``variables`` is then ``{'params', 'batch_stats'}`` with the
+    member's PIT masks multiplied into every kernel (pruned output channels and the matching input
+    channels of their consumers), for ``model.apply(variables, x, jpq_jax.Ctx.float())``; the
+    physically smaller network is ``jpq_jax.pit.prune_physically(variables, table, masks)``.
 
   Raises:
     FileNotFoundError: the sweep has not finished (no ``final`` checkpoint).
@@ -407,7 +411,31 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
     raise IndexError(f"member {member} out of range: the sweep has {n} members (0..{n - 1})")
   model, table, sample = sweep.build_model_from_config(cfg, results["num_classes"],
                                                        tuple(results["input_shape"]))
+  if results.get("method") == "pit":
+    return model, _pit_member(model, table, sample, final, n, member), table
   target = sweep.fixed_variables_template(model, sample, n)
   stacked = load_tree(final, target)
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x)[member], stacked)
   return model, variables, table
+
+
+def _pit_member(model, table, sample, final: str, n: int, member: int) -> Dict[str, Any]:
+  """Member ``member`` of a ``pit`` sweep's final checkpoint, masks baked into the kernels."""
+  from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+  from jpq_jax.arch import get_path, set_path  # pylint: disable=import-outside-toplevel
+  from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
+  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.float()), sample)
+  target: Dict[str, Any] = {k: v[k] for k in ("params", "batch_stats")}
+  masks_t: Dict[str, Any] = {}
+  for g in table.groups:
+    if g.kind != "input":
+      set_path(masks_t, g.path, {"mask": jax.ShapeDtypeStruct((g.channels,), np.float32)})
+  target["pit_mask"] = masks_t
+  target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n,) + s.shape, s.dtype), target)
+  stacked = load_tree(final, target)
+  one = jax.tree_util.tree_map(lambda x: np.asarray(x)[member], stacked)
+  masks = {g.name: get_path(one["pit_mask"], g.path)["mask"]
+           for g in table.groups if g.kind != "input"}
+  return {"params": jax.tree_util.tree_map(np.asarray,
+                                           pit.bake_masks(one["params"], table, masks)),
+          "batch_stats": one["batch_stats"]}

@@ -558,11 +558,20 @@ def export_member(workdir: str, member: int, out: str) -> Bundle:
 
   Raises:
     FileNotFoundError: the sweep has not finished. IndexError: no such member.
-    BundleError: see :func:`export_model`.
+    BundleError: see :func:`export_model`; also for a ``pit`` sweep (float members).
   """
   from jpq_jax.checkpoint import restore_member  # pylint: disable=import-outside-toplevel
+  results_path = os.path.join(workdir, "results.json")
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      if json.load(f).get("method") == "pit":
+        raise BundleError(
+            f"{workdir!r} is a 'pit' sweep: its members are float networks, and a bundle holds an "
+            "integer (fixed-precision) network. Export the pit_mixprec run's members instead, or "
+            "take the float model with jpq_jax.restore_member and "
+            "jpq_jax.pit.prune_physically")
   model, variables, table = restore_member(workdir, member)
-  with open(os.path.join(workdir, "results.json")) as f:
+  with open(results_path) as f:
     shape = tuple(json.load(f)["input_shape"])
   sample = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)  # input_shape has no batch axis
   bundle = export_model(model, variables, table, sample)

@@ -12,7 +12,8 @@ import pytest
 
 import test_sweep_helpers as H
 from jpq_jax import checkpoint as ckpt_lib
-from jpq_jax import pit, sweep
+import jpq_jax as jpq
+from jpq_jax import export, pit, sweep
 from jpq_jax.arch import get_path
 from jpq_jax.layers import Ctx
 
@@ -73,7 +74,7 @@ def test_mixprec_and_layerwise():
       assert len([c for c in l["w_bits_hist"].values() if c]) == 1  # one bit-width per layer
 
 
-def test_pit_masks_and_export():
+def test_pit_masks_and_export(capsys):
   wd, res = method_run("pit")
   # The model the pit method trains: the tiny config's, weights (0, 8) (resolve_method).
   model, table, _ = sweep.build_model_from_config(
@@ -101,9 +102,20 @@ def test_pit_masks_and_export():
     y_phys = pit.apply_pruned(model, phys, x)
     np.testing.assert_allclose(np.asarray(y_phys), np.asarray(y_full), rtol=1e-5, atol=1e-5)
     assert pit.pruned_weight_count(phys) == m["costs_argmax"]["params"]
+    # The one-liner restore gives the same standalone float network.
+    rmodel, rvars, _ = jpq.restore_member(wd, k)
+    np.testing.assert_allclose(np.asarray(rmodel.apply(rvars, x, Ctx.float(False)).value),
+                               np.asarray(y_full), rtol=1e-6, atol=1e-6)
     if not all(v.all() for v in masks.values()):
       assert pit.pruned_weight_count(phys) < table.n_weights
   assert pruned_any
+  # `jpq inspect` prints a PIT member (32-bit kept channels, no hardware costs).
+  from jpq_jax import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["inspect", wd, "--member", "0"]) == 0
+  with pytest.raises(export.BundleError, match="float networks"):
+    export.export_member(wd, 0, os.path.join(wd, "bundle"))
+  out = capsys.readouterr().out
+  assert "member 0" in out and "32b:" in out and "params=" in out
 
 
 def test_pit_theta_ste_and_cost():
