@@ -12,7 +12,9 @@ a fresh subprocess so that its peak memory is its own, and reports:
 * recompiles: the step is called with new lambdas, temperatures and learning-rate factors (what
   changes across members and epochs) and its traces are counted: must stay at 1;
 * peak resident memory of the subprocess (``ru_maxrss``: XLA's buffers live outside the Python
-  heap) against the budget 1.5 GB + 0.25 GB * N.
+  heap) against the budget 1.5 GB + 0.25 GB * N, and on accelerators the device allocator's peak;
+* member-images/s relative to the same strategy at N = 1 (the accelerator target: N = 64 at
+  >= 20x N = 1).
 
 Prints a table and writes ``benchmarks/results/sweep.json``.
 
@@ -21,6 +23,7 @@ Usage::
   python benchmarks/sweep.py                              # ResNet-8, N = 1..16 (about 15 min, 2 cores)
   python benchmarks/sweep.py --model demo --members 1,2,4,8 --steps 20
   python benchmarks/sweep.py --quick                       # N = 1, 2, 4; 2 repeats
+  python benchmarks/sweep.py --members 1,8,64 --loop-max 8 # accelerator (see gpu.sh)
 """
 
 from __future__ import annotations
@@ -98,7 +101,13 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
     jax.block_until_ready(out)
     times.append((time.perf_counter() - t0) / steps)
   dt = statistics.median(times)
+  dev_peak = None
+  try:  # accelerators: the device allocator's own peak (RSS does not see device memory)
+    dev_peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
+  except Exception:  # pylint: disable=broad-except
+    pass
   return {"model": model_name, "members": n, "strategy": strategy, "batch": batch,
+          "device_peak_mb": dev_peak / 2**20 if dev_peak else None,
           "compile_s": compile_s, "step_ms": 1e3 * dt, "step_ms_all": [1e3 * t for t in times],
           "member_images_per_s": n * batch / dt, "recompiles": recompiles,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -124,6 +133,8 @@ def main():
   ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
   ap.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
   ap.add_argument("--quick", action="store_true", help="N = 1, 2, 4 and 2 repeats")
+  ap.add_argument("--loop-max", type=int, default=0,
+                  help="skip 'loop' above this N (its time grows with N; for big accelerator sweeps)")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "sweep.json"))
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -141,14 +152,18 @@ def main():
   auto = choose_strategy("auto")
   rows = []
   hdr = (f"{'N':>3} {'strategy':<8} {'compile s':>9} {'step ms':>9} {'member-img/s':>13} "
-         f"{'vs loop':>8} {'recompiles':>10} {'peak MB':>8} {'budget MB':>9}")
+         f"{'vs loop':>8} {'vs N=1':>6} {'recompiles':>10} {'peak MB':>8} {'budget MB':>9} "
+         f"{'dev MB':>8}")
   print(f"{args.model}, batch {args.batch}, backend {jax.default_backend()}, auto -> {auto}")
   print(hdr)
   print("-" * len(hdr))
+  n1 = {}  # member-images/s at N = 1 per strategy: the accelerator target is N = 64 vs N = 1
   for n in [int(v) for v in args.members.split(",")]:
     base = None
     for s in strategies:
       if s == "sharded" and n % jax.device_count():
+        continue
+      if s == "loop" and args.loop_max and n > args.loop_max:
         continue
       r = _child(args, n, s)
       if "error" in r:
@@ -156,12 +171,16 @@ def main():
         rows.append(r)
         continue
       base = r["member_images_per_s"] if s == "loop" else base
+      n1.setdefault(s, r["member_images_per_s"] / n if n == 1 else None)
       r["speedup_vs_loop"] = r["member_images_per_s"] / base if base else None
+      r["vs_n1"] = r["member_images_per_s"] / n1[s] if n1.get(s) else None
       r["auto"] = s == auto
       rows.append(r)
+      nan = float("nan")
       print(f"{n:>3} {s + ('*' if s == auto else ''):<8} {r['compile_s']:>9.2f} {r['step_ms']:>9.1f} "
-            f"{r['member_images_per_s']:>13.0f} {r['speedup_vs_loop'] or float('nan'):>8.2f} "
-            f"{r['recompiles']:>10} {r['peak_rss_mb']:>8.0f} {r['budget_mb']:>9.0f}", flush=True)
+            f"{r['member_images_per_s']:>13.0f} {r['speedup_vs_loop'] or nan:>8.2f} "
+            f"{r['vs_n1'] or nan:>6.2f} {r['recompiles']:>10} {r['peak_rss_mb']:>8.0f} "
+            f"{r['budget_mb']:>9.0f} {r['device_peak_mb'] or nan:>8.0f}", flush=True)
   print("* = the strategy the driver's 'auto' picks on this backend")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": jax.default_backend(),
