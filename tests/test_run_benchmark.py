@@ -30,6 +30,15 @@ def test_cpu_protocol_runs_and_settings(rb):
     assert cfgs[r].method == "fixed" and tuple(cfgs[r].fixed_bits) == bits
     assert cfgs[r].search.epochs == rb.CPU_PROTOCOL["fixed_search_epochs"]
   assert cfgs["pit_mixprec"].pit.strength == rb.CPU_PROTOCOL["pit_strength"]
+  # Search phases select their last epoch, fine-tuning keeps best-validation selection, fixed
+  # runs keep the reference rule.
+  from jpq_jax import train as T  # pylint: disable=import-outside-toplevel
+  for r in ("joint", "pit_mixprec"):
+    c = cfgs[r]
+    assert T.earlystop_start(c.search.epochs, c.train.earlystop_start) == c.search.epochs - 2
+    assert T.earlystop_start(c.pit.search.epochs, c.train.earlystop_start) == c.pit.search.epochs - 2
+    assert T.earlystop_start(c.finetune.epochs, c.train.earlystop_start) == -1
+  assert cfgs["w8a8"].train.earlystop_start == 20
   assert len({c.name for c in cfgs.values()}) == len(cfgs)
 
 
