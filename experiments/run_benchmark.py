@@ -82,7 +82,7 @@ CPU_PROTOCOL = {
     "pit_strength": 5e-5,  # 8 x the middle lambda (PIT counts weights, the size cost bits)
     # Optional hardware-cost runs (``--runs joint_mpic,joint_ne16``): the size lambdas above
     # rescaled to each cost (see the module docstring), fewer of them to fit the time.
-    "hw_lambdas": (5e-6, 7e-6),
+    "hw_lambdas": (3.5e-6, 5e-6),
 }
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
@@ -232,8 +232,12 @@ def main(argv=None) -> int:
     print(f"== {r} done in {wall[r]:.0f} s", flush=True)
   # Reports over every finished run of the work directory, not only this invocation's: a later
   # ``--runs joint_mpic,joint_ne16`` adds the hardware fronts to the same comparison.
+  # Other finished sweeps placed in the work directory (e.g. a calibration run kept for the
+  # record) are included after the protocol's runs.
+  extra = sorted(d for d in os.listdir(wd) if d not in FULL_RUNS and
+                 os.path.exists(os.path.join(wd, d, "results.json")))
   done = sorted((r for r in set(order) | set(FULL_RUNS)
-                 if os.path.exists(os.path.join(wd, r, "results.json"))), key=order_key)
+                 if os.path.exists(os.path.join(wd, r, "results.json"))), key=order_key) + extra
   plain = [r for r in done if not r.startswith("joint_")]
   reports = {"size": ["joint"] + [r for r in done if r != "joint"]}
   if "joint_mpic" in done and "joint_ne16" in done:
