@@ -73,9 +73,12 @@ FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pi
 CPU_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 10000, "val_size": 2000},
-    "epochs": {"warmup": 15, "search": 10, "finetune": 5, "pit.search": 10, "pit.finetune": 5},
-    # Selection window of the search phases (see above): only epochs > 8, i.e. the last one.
+    "epochs": {"warmup": 15, "search": 10, "finetune": 5, "pit.search": 8, "pit.finetune": 5},
+    # Runs with a search phase (not the fixed-precision ones): selection window of the search
+    # phases (see above), only epochs > 8, i.e. the last one; the PIT search as long as the
+    # MixPrec search so that the same window applies.
     "search_earlystop_start": 8,
+    "search_runs_epochs": {"pit.search": 10},
     # Fixed precision: QAT for search + fine-tune epochs of the joint method (same budget).
     "fixed_search_epochs": 15,
     "lambdas": (3.5e-6, 5e-6, 7e-6, 1e-5),
@@ -195,6 +198,8 @@ def run_configs(bench: str, protocol: str, data_dir: str,
     if prot is not None and "search_earlystop_start" in prot and c.method != "fixed":
       # Fine-tuning phases are shorter than the window, so they keep best-validation selection.
       c.train.earlystop_start = prot["search_earlystop_start"]
+      for k, v in prot.get("search_runs_epochs", {}).items():
+        _set(c, f"{k}.epochs", v)
     cfgs[r] = c
   return cfgs
 

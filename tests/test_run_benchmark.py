@@ -25,7 +25,9 @@ def test_cpu_protocol_runs_and_settings(rb):
   assert j.data.data_dir == "/data/c10.zip"
   assert j.data.options.train_size == rb.CPU_PROTOCOL["data"]["train_size"]
   assert j.search.epochs == rb.CPU_PROTOCOL["epochs"]["search"]
-  assert j.pit.search.epochs == rb.CPU_PROTOCOL["epochs"]["pit.search"]
+  # Runs with a search phase get the longer PIT search, fixed runs keep the protocol's epochs.
+  assert j.pit.search.epochs == rb.CPU_PROTOCOL["search_runs_epochs"]["pit.search"]
+  assert cfgs["w8a8"].pit.search.epochs == rb.CPU_PROTOCOL["epochs"]["pit.search"]
   for r, bits in (("w8a8", (8, 8)), ("w4a8", (4, 8)), ("w2a8", (2, 8))):
     assert cfgs[r].method == "fixed" and tuple(cfgs[r].fixed_bits) == bits
     assert cfgs[r].search.epochs == rb.CPU_PROTOCOL["fixed_search_epochs"]
