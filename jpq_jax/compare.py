@@ -271,6 +271,7 @@ def _plot(comp, path):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   scale, xl = (1 / 8000, "size (kB)") if comp["unit"] == "bits" else (1.0, f"{comp['cost']} ({comp['unit']})")
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for r in comp["runs"]:
@@ -282,6 +283,11 @@ def _plot(comp, path):
     style = "o-" if len(fr) > 1 else "s"
     ax.plot(xs, ys, style, label=r["name"], ms=6)
   ax.set_xscale("log")
+  # Plain numbers on the log axis ("5", "20", "50 kB"), not "5x10^0".
+  plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+  ax.xaxis.set_major_formatter(plain)
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+      lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
   ax.set_xlabel(xl)
   ax.set_ylabel(f"{comp['metric']} (%)")
   ax.grid(True, which="both", alpha=0.3)
