@@ -83,9 +83,12 @@ CPU_PROTOCOL = {
     "fixed_search_epochs": 15,
     "lambdas": (3.5e-6, 5e-6, 7e-6, 1e-5),
     "pit_strength": 5e-5,  # 8 x the middle lambda (PIT counts weights, the size cost bits)
-    # Optional hardware-cost runs (``--runs joint_mpic,joint_ne16``): the size lambdas above
-    # rescaled to each cost (see the module docstring), fewer of them to fit the time.
-    "hw_lambdas": (3.5e-6, 5e-6),
+    # Optional hardware-cost runs (``--runs joint_mpic,joint_ne16``): size-equivalent lambdas per
+    # cost, rescaled to the cost as in the full protocol (see the module docstring). Measured: with
+    # the size grid's 3.5e-6 and 5e-6 both MPIC members lost whole stage-1 groups by the end of the
+    # search (MPIC cycles grow with MACs, largest in the 32x32 layers) and both NE16 members were
+    # pruned to nothing within the first epoch; hence the much smaller values here.
+    "hw_lambdas": {"mpic": (1e-7, 3.5e-7), "ne16": (3.5e-8, 1e-7)},
 }
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
@@ -188,7 +191,9 @@ def run_configs(bench: str, protocol: str, data_dir: str,
       c.method = "joint"
       c.search.cost = cost
       c.sweep.pareto_cost = cost
-      lams = prot.get("hw_lambdas", base.sweep.lambdas) if prot is not None else base.sweep.lambdas
+      lams = base.sweep.lambdas
+      if prot is not None and "hw_lambdas" in prot:
+        lams = prot["hw_lambdas"][cost]
       c.sweep.lambdas = tuple(float(l) * scale["size"] / scale[cost] for l in lams)
     elif r == "pit":
       c.method = "pit"

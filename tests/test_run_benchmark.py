@@ -53,11 +53,11 @@ def test_hardware_runs_rescale_lambdas(rb):
   for cost in ("mpic", "ne16"):
     c = cfgs[f"joint_{cost}"]
     assert c.search.cost == cost and c.sweep.pareto_cost == cost
-    want = [l * scale["size"] / scale[cost] for l in rb.CPU_PROTOCOL["hw_lambdas"]]
+    want = [l * scale["size"] / scale[cost] for l in rb.CPU_PROTOCOL["hw_lambdas"][cost]]
     assert list(c.sweep.lambdas) == pytest.approx(want)
     # lambda * cost of the all-8-bit net is the same as with the size cost
     assert c.sweep.lambdas[0] * scale[cost] == pytest.approx(
-        rb.CPU_PROTOCOL["hw_lambdas"][0] * scale["size"])
+        rb.CPU_PROTOCOL["hw_lambdas"][cost][0] * scale["size"])
 
 
 def test_unknown_run(rb):
