@@ -562,17 +562,17 @@ def export_member(workdir: str, member: int, out: str) -> Bundle:
   """
   from jpq_jax.checkpoint import restore_member  # pylint: disable=import-outside-toplevel
   results_path = os.path.join(workdir, "results.json")
+  results = {}
   if os.path.exists(results_path):
     with open(results_path) as f:
-      if json.load(f).get("method") == "pit":
-        raise BundleError(
-            f"{workdir!r} is a 'pit' sweep: its members are float networks, and a bundle holds an "
-            "integer (fixed-precision) network. Export the pit_mixprec run's members instead, or "
-            "take the float model with jpq_jax.restore_member and "
-            "jpq_jax.pit.prune_physically")
-  model, variables, table = restore_member(workdir, member)
-  with open(results_path) as f:
-    shape = tuple(json.load(f)["input_shape"])
+      results = json.load(f)
+  if results.get("method") == "pit":
+    raise BundleError(
+        f"{workdir!r} is a 'pit' sweep: its members are float networks, and a bundle holds an "
+        "integer (fixed-precision) network. Export the pit_mixprec run's members instead, or "
+        "take the float model with jpq_jax.restore_member and jpq_jax.pit.prune_physically")
+  model, variables, table = restore_member(workdir, member)  # raises if the sweep is unfinished
+  shape = tuple(results["input_shape"])
   sample = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)  # input_shape has no batch axis
   bundle = export_model(model, variables, table, sample)
   bundle.manifest["source"] = {"workdir": os.path.abspath(workdir), "member": int(member)}
