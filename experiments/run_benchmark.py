@@ -7,7 +7,8 @@ One command per benchmark (configs in ``experiments/configs/``)::
   python experiments/run_benchmark.py gsc_dscnn --data-dir /data/speech_commands
   python experiments/run_benchmark.py tinyimagenet_resnet18 --data-dir /data/tiny-imagenet-200.zip
 
-  # Reduced protocol for a 2-core CPU (CIFAR-10 only, about 2 hours; see CPU_PROTOCOL):
+  # Reduced protocol for a 2-core CPU (CIFAR-10 only, about 50 minutes on 2 cores, +20 with
+  # --runs joint_mpic,joint_ne16; see CPU_PROTOCOL and experiments/results/cifar10_cpu):
   python experiments/run_benchmark.py cifar10_resnet8 --protocol cpu \\
       --data-dir ../shared/data/cifar10-jpeg.zip --workdir experiments/results/cifar10_cpu
 
@@ -48,7 +49,7 @@ sys.path.insert(0, ROOT)
 FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pit_mixprec",
              "joint_mpic", "joint_ne16")
 
-# Reduced CPU protocol (CIFAR-10 / ResNet-8 on 2 cores, target ~2 h): joint vs fixed w8a8 / w4a8 /
+# Reduced CPU protocol (CIFAR-10 / ResNet-8 on 2 cores, within 2 h; measured ~50 min): joint vs fixed w8a8 / w4a8 /
 # w2a8 vs sequential PIT -> MixPrec. A seeded 10,000-image subset of the 40,000 training images,
 # a 2,000-image subset of the validation split, the full 10,000-image test set; batch 32; epochs
 # below (patience 50 never stops a phase this short); everything else as the reference config
