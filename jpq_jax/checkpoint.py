@@ -422,20 +422,15 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
 def _pit_member(model, table, sample, final: str, n: int, member: int) -> Dict[str, Any]:
   """Member ``member`` of a ``pit`` sweep's final checkpoint, masks baked into the kernels."""
   from jpq_jax import pit  # pylint: disable=import-outside-toplevel
-  from jpq_jax.arch import get_path, set_path  # pylint: disable=import-outside-toplevel
   from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
   v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.float()), sample)
   target: Dict[str, Any] = {k: v[k] for k in ("params", "batch_stats")}
-  masks_t: Dict[str, Any] = {}
-  for g in table.groups:
-    if g.kind != "input":
-      set_path(masks_t, g.path, {"mask": jax.ShapeDtypeStruct((g.channels,), np.float32)})
-  target["pit_mask"] = masks_t
+  target["pit_mask"] = pit.mask_tree(table, {g.name: jax.ShapeDtypeStruct((g.channels,), np.float32)
+                                             for g in table.groups})
   target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n,) + s.shape, s.dtype), target)
   stacked = load_tree(final, target)
   one = jax.tree_util.tree_map(lambda x: np.asarray(x)[member], stacked)
-  masks = {g.name: get_path(one["pit_mask"], g.path)["mask"]
-           for g in table.groups if g.kind != "input"}
+  masks = pit.masks_from_tree(one["pit_mask"], table)
   return {"params": jax.tree_util.tree_map(np.asarray,
                                            pit.bake_masks(one["params"], table, masks)),
           "batch_stats": one["batch_stats"]}

@@ -61,7 +61,7 @@ __all__ = [
     "THRESHOLD", "PIN", "trainable_groups", "init_alpha", "pit_theta", "binary_masks", "masks_of",
     "apply_masks", "as_precision_theta", "params_cost", "make_search_step", "make_finetune_step",
     "make_eval_step", "export_float", "bake_masks", "prune_physically", "apply_pruned",
-    "pruned_weight_count", "pin_logits", "kept_summary",
+    "pruned_weight_count", "pin_logits", "kept_summary", "mask_tree", "masks_from_tree",
 ]
 
 THRESHOLD = 0.5  # PIT's binarisation threshold
@@ -410,3 +410,25 @@ def kept_summary(masks: Mapping, table: LayerTable) -> Dict[str, Dict[str, int]]
   """``{group: {'channels', 'kept'}}`` of binary masks."""
   return {g.name: {"channels": g.channels, "kept": int(_kept(masks, g.name, g.channels).sum())}
           for g in table.groups if g.kind != "input"}
+
+
+def mask_tree(table: LayerTable, masks: Mapping[str, Any]) -> Dict[str, Any]:
+  """The checkpoint layout of per-group masks: ``{...group path...: {'mask': masks[name]}}``.
+
+  Args:
+    table: the layer table (its non-input groups are written).
+    masks: ``{group name: value}`` (arrays, stacked arrays or ``ShapeDtypeStruct`` templates).
+
+  Returns:
+    The nested tree, the ``pit_mask`` entry of a PIT checkpoint.
+  """
+  tree: Dict[str, Any] = {}
+  for g in table.groups:
+    if g.kind != "input":
+      set_path(tree, g.path, {"mask": masks[g.name]})
+  return tree
+
+
+def masks_from_tree(tree: Mapping[str, Any], table: LayerTable) -> Dict[str, Any]:
+  """The inverse of :func:`mask_tree`: ``{group name: mask}`` of the non-input groups."""
+  return {g.name: get_path(tree, g.path)["mask"] for g in table.groups if g.kind != "input"}

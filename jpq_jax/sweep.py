@@ -1352,16 +1352,13 @@ class Sweep:
       ``(float variables of the pruned network with the masks baked in, masks)``.
     """
     from jpq_jax import pit  # pylint: disable=import-outside-toplevel
-    from jpq_jax.arch import get_path, set_path  # pylint: disable=import-outside-toplevel
     pit_dir = os.path.join(self.workdir, "pit")
     info_path = os.path.join(self.workdir, "pit.json")
-    groups = [g for g in self.table.groups if g.kind != "input"]
-    mask_tpl: Dict[str, Any] = {}
-    for g in groups:
-      set_path(mask_tpl, g.path, {"mask": jax.ShapeDtypeStruct((g.channels,), jnp.float32)})
+    mask_tpl = pit.mask_tree(self.table, {g.name: jax.ShapeDtypeStruct((g.channels,), jnp.float32)
+                                          for g in self.table.groups})
     if os.path.exists(info_path):
       tree = ckpt_lib.load_tree(pit_dir, {**self._float_template(), "pit_mask": mask_tpl})
-      masks = {g.name: np.asarray(get_path(tree["pit_mask"], g.path)["mask"]) for g in groups}
+      masks = {k: np.asarray(v) for k, v in pit.masks_from_tree(tree["pit_mask"], self.table).items()}
       with open(info_path) as f:
         info = json.load(f)
       self._meta = dict(self._meta, times=dict(self._meta.get("times", {}), **info["times"]),
@@ -1378,9 +1375,7 @@ class Sweep:
     fv = {"params": pit.bake_masks(one.params["params"], self.table, masks),
           "batch_stats": one.extra["batch_stats"]}
     fv = jax.tree_util.tree_map(np.asarray, fv)
-    mtree: Dict[str, Any] = {}
-    for g in groups:
-      set_path(mtree, g.path, {"mask": np.asarray(masks[g.name], np.float32)})
+    mtree = pit.mask_tree(self.table, {k: np.asarray(v, np.float32) for k, v in masks.items()})
     ckpt_lib.save_tree(pit_dir, {**fv, "pit_mask": mtree})
     times = self._meta.get("times", {})
     info = {"times": {k: times[k] for k in ("pit_search", "pit_finetune") if k in times},
@@ -1398,7 +1393,6 @@ class Sweep:
   def _run_pit(self, float_vars, log) -> Dict[str, Any]:
     """The ``pit`` method: PIT search + fine-tuning of every member; its results (float sizes)."""
     from jpq_jax import pit  # pylint: disable=import-outside-toplevel
-    from jpq_jax.arch import set_path  # pylint: disable=import-outside-toplevel
     ex, final, masks_all, soft, failed_s = self._pit_stage(float_vars, log, self.members)
     ds, bs = self.dataset, int(self.cfg.train.eval_batch_size)
     evals = {"val": _evaluate(ex, ds.val, bs, self.loader_cls, ex.n),
@@ -1444,10 +1438,8 @@ class Sweep:
       rec["train_time_s"] = results["train_time_s"] / max(self.n, 1)
       rec["sweep_time_s"] = results["train_time_s"]
     # The fine-tuned (masked, full-width) float members and their masks.
-    mtree: Dict[str, Any] = {}
-    for g in self.table.groups:
-      if g.kind != "input":
-        set_path(mtree, g.path, {"mask": np.stack([ma[g.name] for ma in masks_all])})
+    mtree = pit.mask_tree(self.table, {g.name: np.stack([ma[g.name] for ma in masks_all])
+                                       for g in self.table.groups if g.kind != "input"})
     fin = {"params": final.params["params"], "batch_stats": final.extra["batch_stats"]}
     fin = jax.tree_util.tree_map(lambda a: _host(a)[:self.n], fin)
     ckpt_lib.save_tree(os.path.join(self.workdir, "final"), {**fin, "pit_mask": mtree})
