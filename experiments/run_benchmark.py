@@ -245,10 +245,8 @@ def main(argv=None) -> int:
   # ``--runs joint_mpic,joint_ne16`` adds the hardware fronts to the same comparison.
   # Other finished sweeps placed in the work directory (e.g. a calibration run kept for the
   # record) are included after the protocol's runs.
-  extra = sorted(d for d in os.listdir(wd) if d not in FULL_RUNS and
-                 os.path.exists(os.path.join(wd, d, "results.json")))
-  done = sorted((r for r in set(order) | set(FULL_RUNS)
-                 if os.path.exists(os.path.join(wd, r, "results.json"))), key=order_key) + extra
+  finished = {d for d in os.listdir(wd) if os.path.exists(os.path.join(wd, d, "results.json"))}
+  done = [r for r in FULL_RUNS if r in finished] + sorted(finished - set(FULL_RUNS))
   plain = [r for r in done if not r.startswith("joint_")]
   reports = {"size": ["joint"] + [r for r in done if r != "joint"]}
   if "joint_mpic" in done and "joint_ne16" in done:
