@@ -178,6 +178,11 @@ class SearchSpace:
     input_clip_init: initial clip of the unsigned input quantizer (1.0 for images in [0, 1]).
     input_signed: signed PACT input quantizer (speech MFCCs).
     input_signed_clips: initial (inf, sup) clips of the signed input quantizer.
+    activation_mixture: how the unsigned PACT mixture ``sum_j theta_j PACT_j(x)`` is computed:
+      ``"fused"`` (default; :func:`jpq_jax.quant.pact_mixture`, one pass, only ``x`` kept for the
+      backward) or ``"copies"`` (a sum of per-precision :func:`~jpq_jax.quant.pact` copies, the
+      reference's literal form). Both give the reference's values and gradients to float32
+      rounding; they differ in speed and memory (benchmarks/step.py).
   """
   w_precisions: Tuple[int, ...] = (0, 2, 4, 8)
   a_precisions: Tuple[int, ...] = (8,)
@@ -187,6 +192,7 @@ class SearchSpace:
   input_clip_init: float = 1.0
   input_signed: bool = False
   input_signed_clips: Tuple[float, float] = (-6.0, 6.0)
+  activation_mixture: str = "fused"
 
   def __post_init__(self):
     object.__setattr__(self, "w_precisions",
@@ -202,6 +208,9 @@ class SearchSpace:
       raise ValueError(f"SearchSpace.granularity: unknown {self.granularity!r}; use 'channel' or 'layer'")
     if not self.clip_init > 0 or not self.input_clip_init > 0:
       raise ValueError("SearchSpace: PACT clip initial values must be > 0")
+    if self.activation_mixture not in ("fused", "copies"):
+      raise ValueError(f"SearchSpace.activation_mixture: unknown {self.activation_mixture!r}; use "
+                       "'fused' or 'copies'")
     lo, hi = self.input_signed_clips
     if not lo < hi:
       raise ValueError(f"SearchSpace.input_signed_clips: need inf < sup, got {self.input_signed_clips}")
@@ -242,6 +251,17 @@ def _tracing_table(module: nn.Module) -> bool:
   """Records are sown only by :func:`jpq_jax.trace_table` (an apply with ``table`` mutable), never
   by a user's ``init``, so ordinary variables hold no ``table`` collection."""
   return module.is_mutable_collection(TABLE_COLLECTION) and not module.is_initializing()
+
+
+def _pact_mix(x: jax.Array, clips: jax.Array, th: jax.Array, bits: Tuple[int, ...],
+              how: str) -> jax.Array:
+  """``sum_j th_j * pact(x, clips_j, bits_j)``: fused (one pass) or as a sum of copies."""
+  if how == "fused":
+    return quant.pact_mixture(x, clips, th, bits)
+  y = jnp.zeros_like(x)
+  for j, p in enumerate(bits):
+    y = y + th[j] * quant.pact(x, clips[j], p)
+  return y
 
 
 class Group(nn.Module):
@@ -406,10 +426,9 @@ class Group(nn.Module):
       return QTensor(value=z, s_a=None, group=name)
     clips = self._clips()
     th = self.theta_a(ctx)
-    y = jnp.zeros_like(z)
+    y = _pact_mix(z, clips, th, self.abits, self.space.activation_mixture)
     s_a = jnp.zeros((), z.dtype)
     for j, p in enumerate(self.abits):
-      y = y + th[j] * quant.pact(z, clips[j], p)
       s_a = s_a + th[j] * quant.pact_scale(jax.lax.stop_gradient(clips[j]), p)
     return QTensor(value=y, s_a=s_a, group=name)
 
@@ -464,8 +483,8 @@ class InputQuantizer(nn.Module):
     else:
       clips = _var(self, "params", "clip",
                    lambda k: jnp.full((n,), self.space.input_clip_init, jnp.float32))
+      y = _pact_mix(x, clips, th, ps, self.space.activation_mixture)
       for j, p in enumerate(ps):
-        y = y + th[j] * quant.pact(x, clips[j], p)
         s_a = s_a + th[j] * quant.pact_scale(jax.lax.stop_gradient(clips[j]), p)
     return QTensor(value=y, s_a=s_a, group=name)
 

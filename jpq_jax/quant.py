@@ -8,12 +8,16 @@ precision; see METHOD.md §3 and §14 and the golden vectors in ``shared/golden/
 * :func:`pact` -- unsigned PACT: ``floor(k * clamp(x, 0, clip)) / k`` with ``k = (2^b-1)/(clip+1e-3)``.
 * :func:`pact_signed` -- signed PACT with two trainable clips (the speech input quantizer).
 * :func:`quantize_bias` -- the 32-bit bias quantizer with scale ``s_a * s_w``.
+* :func:`pact_mixture` -- ``sum_j theta_j * pact(x, clip_j, bits_j)`` with the same gradients as the
+  sum of :func:`pact` copies, computed in one pass that keeps only ``x`` for the backward.
 
 Layouts: weights have their *output channel on the last axis* (Flax HWIO / ``(in, out)``), activations
 are arbitrary arrays.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +30,7 @@ __all__ = [
     "pact_signed",
     "pact_scale",
     "pact_signed_scale",
+    "pact_mixture",
     "quantize_bias",
 ]
 
@@ -216,6 +221,79 @@ def pact_signed(x: jax.Array, clip_inf: jax.Array, clip_sup: jax.Array, bits: in
     raise ValueError(f"signed PACT needs bits > 0, got {bits}")
   return _pact_signed(x, jnp.asarray(clip_inf, x.dtype), jnp.asarray(clip_sup, x.dtype),
                       jnp.asarray(float(bits), dtype=x.dtype))
+
+
+def _pact_stack(x, clips, bits):
+  """PACT copies of ``x`` at every precision, stacked on a new leading axis ``(J, *x.shape)``."""
+  shape = (len(bits),) + (1,) * x.ndim
+  levels = jnp.asarray([2.0**b - 1.0 for b in bits], x.dtype).reshape(shape)
+  c = clips.reshape(shape)
+  k = levels / (c + PACT_EPS)
+  return jnp.floor(k * jnp.clip(x[None], 0.0, c)) / k
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _pact_mixture(x, clips, theta, bits):
+  return jnp.sum(theta.reshape((-1,) + (1,) * x.ndim) * _pact_stack(x, clips, bits), axis=0)
+
+
+def _pact_mixture_fwd(x, clips, theta, bits):
+  # A reduction over the precision axis (not a chain of adds): XLA keeps the mixture as one buffer
+  # instead of materialising every precision's copy for the many consumers of the sum.
+  return _pact_mixture(x, clips, theta, bits), (x, clips, theta)
+
+
+def _pact_mixture_bwd(bits, res, g):
+  x, clips, theta = res
+  # The backward recomputes each copy from ``x``. ``xb`` has x's values (where g is NaN the term
+  # g * copy is NaN either way) but is an expression XLA cannot merge with the forward's copies,
+  # which would otherwise be kept alive from the forward to the backward.
+  xb = jnp.where(jnp.isnan(g), jnp.zeros_like(x), x)
+  zero = jnp.zeros_like(g)
+  gx = zero
+  gclip, gtheta = [], []
+  for j, b in enumerate(bits):
+    gj = theta[j] * g  # the gradient reaching copy j (as autodiff of the sum of copies forms it)
+    gx = gx + jnp.where((x > 0) & (x < clips[j]), gj, zero)
+    gclip.append(jnp.sum(jnp.where(x >= clips[j], gj, zero)))
+    gtheta.append(jnp.sum(g * _pact_forward(xb, clips[j], float(b))))
+  return gx, jnp.stack(gclip).astype(clips.dtype), jnp.stack(gtheta).astype(theta.dtype)
+
+
+_pact_mixture.defvjp(_pact_mixture_fwd, _pact_mixture_bwd)
+
+
+def pact_mixture(x: jax.Array, clips: jax.Array, theta: jax.Array, bits) -> jax.Array:
+  """The theta-mixture of unsigned PACT copies, ``sum_j theta_j * pact(x, clips[j], bits[j])``.
+
+  Same forward and gradients (to float32 rounding: the order of the sums may differ) as the sum of
+  :func:`pact` copies, i.e. the reference's mixed activation quantizer (METHOD.md §3.2):
+  ``dx = sum_j theta_j g [0 < x < clip_j]``, ``dclip_j = sum(theta_j g [x >= clip_j])``,
+  ``dtheta_j = sum(g * pact_j(x))``. It is computed in one pass over ``x`` and only ``x`` is kept
+  for the backward, where the copies are recomputed, instead of one activation-sized buffer per
+  precision (benchmarks/step.py measures the difference).
+
+  Args:
+    x: activations.
+    clips: ``(J,)`` PACT clips, one per precision.
+    theta: ``(J,)`` mixing coefficients.
+    bits: the ``J`` bit-widths (static, each > 0).
+
+  Returns:
+    The mixed quantized activations, same shape as ``x``.
+
+  Raises:
+    ValueError: a bit-width <= 0, or ``clips`` / ``theta`` not of shape ``(J,)``.
+  """
+  bits = tuple(int(b) for b in bits)
+  if not bits or min(bits) <= 0:
+    raise ValueError(f"pact_mixture needs bit-widths > 0, got {bits}")
+  clips = jnp.asarray(clips, x.dtype)
+  theta = jnp.asarray(theta, x.dtype)
+  if clips.shape != (len(bits),) or theta.shape != (len(bits),):
+    raise ValueError(f"pact_mixture: clips {clips.shape} and theta {theta.shape} must both have "
+                     f"shape ({len(bits)},) for bits {bits}")
+  return _pact_mixture(x, clips, theta, bits)
 
 
 def quantize_bias(b: jax.Array, s_b: jax.Array) -> jax.Array:

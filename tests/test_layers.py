@@ -1,6 +1,8 @@
 """Search layers reproduce one reference MixPrec conv layer (shared/golden/mixprec_conv_layer.json)
 in all three cases, and the layers' modes, collections and errors behave as documented."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,11 +17,12 @@ SPACE = jpq.SearchSpace(w_precisions=(0, 2, 4, 8), a_precisions=(2, 4, 8), input
 
 class OneConv(nn.Module):
   """The golden setup: input quantizer (PACT clip 1, {2,4,8}) -> one searchable conv 4->8."""
+  space: jpq.SearchSpace = SPACE
 
   @nn.compact
   def __call__(self, x, ctx):
-    q = jpq.InputQuantizer(SPACE, name="inq")(x, ctx)
-    g = jpq.Group(8, SPACE, name="g")
+    q = jpq.InputQuantizer(self.space, name="inq")(x, ctx)
+    g = jpq.Group(8, self.space, name="g")
     return q, jpq.Conv(8, 3, g, padding=1, use_bias=True, name="conv")(q, ctx)
 
 
@@ -27,11 +30,12 @@ def _nchw(a):
   return np.asarray(a).transpose(0, 3, 1, 2)
 
 
-@pytest.fixture(scope="module")
-def setup(golden_conv):
+# Both ways of computing the activation mixture must reproduce the reference.
+@pytest.fixture(scope="module", params=["fused", "copies"])
+def setup(golden_conv, request):
   inp = golden_conv["inputs"]
   x = jnp.asarray(np.asarray(inp["x"], np.float32).transpose(0, 2, 3, 1))
-  m = OneConv()
+  m = OneConv(dataclasses.replace(SPACE, activation_mixture=request.param))
   v = m.init(jax.random.PRNGKey(0), x, jpq.Ctx.search())
   params = {"inq": dict(v["params"]["inq"]), "g": dict(v["params"]["g"]),
             "conv": {"kernel": jnp.asarray(np.asarray(inp["weight"], np.float32).transpose(2, 3, 1, 0)),

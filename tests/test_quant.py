@@ -106,3 +106,56 @@ def test_quantizers_reject_bad_bits():
     quant.pact(jnp.ones(2), 1.0, 0)
   with pytest.raises(ValueError, match="bits > 0"):
     quant.weight_codes(jnp.ones((2, 2)), 0)
+
+
+def _mixture_case():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 8)) * 3.0
+  # Values exactly on the clips and at 0 exercise the boundaries of the gradient masks.
+  x = x.at[0, 0, 0, :3].set(jnp.asarray([0.0, 2.0, 6.0]))
+  r = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  clips = jnp.asarray([2.0, 3.5, 6.0])
+  theta = jax.nn.softmax(jnp.asarray([0.1, 0.5, -0.3]))
+  return x, r, clips, theta, (2, 4, 8)
+
+
+def _copies(x, clips, theta, bits):
+  y = jnp.zeros_like(x)
+  for j, b in enumerate(bits):
+    y = y + theta[j] * quant.pact(x, clips[j], b)
+  return y
+
+
+def test_pact_mixture_matches_sum_of_copies():
+  x, r, clips, theta, bits = _mixture_case()
+  yc = _copies(x, clips, theta, bits)
+  yf = quant.pact_mixture(x, clips, theta, bits)
+  # Same values up to the order of a three-term float32 sum.
+  np.testing.assert_allclose(yf, yc, rtol=2e-7, atol=2e-7)
+  loss = lambda f: lambda *a: jnp.sum(f(*a, bits) * r)
+  gc = jax.grad(loss(_copies), argnums=(0, 1, 2))(x, clips, theta)
+  gf = jax.grad(loss(quant.pact_mixture), argnums=(0, 1, 2))(x, clips, theta)
+  for name, a, b in zip(("x", "clips", "theta"), gf, gc):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=name)
+  # Under jit and vmap (the sweep's member axis) too.
+  gv = jax.jit(jax.vmap(jax.grad(loss(quant.pact_mixture), argnums=2), in_axes=(None, None, 0)))(
+      x, clips, jnp.stack([theta, theta[::-1]]))
+  np.testing.assert_allclose(gv[0], gc[2], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      gv[1], jax.grad(loss(_copies), argnums=2)(x, clips, theta[::-1]), rtol=1e-6, atol=1e-6)
+
+
+def test_pact_mixture_one_precision_is_pact():
+  x, r, clips, _, _ = _mixture_case()
+  one = jnp.ones((1,))
+  np.testing.assert_array_equal(quant.pact_mixture(x, clips[2:], one, (8,)),
+                                quant.pact(x, clips[2], 8))
+  gx = jax.grad(lambda x: jnp.sum(quant.pact_mixture(x, clips[2:], one, (8,)) * r))(x)
+  np.testing.assert_array_equal(gx, jax.grad(lambda x: jnp.sum(quant.pact(x, clips[2], 8) * r))(x))
+
+
+def test_pact_mixture_rejects_bad_arguments():
+  x = jnp.ones((2, 3))
+  with pytest.raises(ValueError, match="bit-widths > 0"):
+    quant.pact_mixture(x, jnp.ones(2), jnp.ones(2), (0, 8))
+  with pytest.raises(ValueError, match=r"must both have shape \(2,\)"):
+    quant.pact_mixture(x, jnp.ones(3), jnp.ones(2), (4, 8))
