@@ -1,7 +1,10 @@
 """Benchmark: float step vs search step of ResNet-8 (speed, compile time, memory, FLOP/s).
 
 Measures, side by side in one process, the training step of the float (warm-up) model and of the
-search-mode model (weights {0,2,4,8}, activations {8} or {2,4,8}) at batch 32 and 128:
+search-mode model (weights {0,2,4,8}, activations {8} or {2,4,8}) at batch 32 and 128. The float step
+is compiled with XLA's default options and with jpq's (:func:`jpq_jax.compiler_options`); the search
+step as jpq runs it (fused activation mixture, jpq's options) and as the literal sum of per-precision
+PACT copies with XLA's defaults (jpq before the fused mixture; ``--no-copies`` skips it). Per row:
 
 * median step time over repeats (after compile), images/s and the search/float ratio;
 * compile time of each step;
@@ -118,60 +121,102 @@ def matmul_peak(repeats):
   return 2 * n**3 / t
 
 
-def run(batches, repeats, abits_sets):
+def _time_side_by_side(entries, repeats, inner=3):
+  """Median step times of AOT-compiled steps (first three arguments donated), timed round-robin.
+
+  Each repeat times every step once, so slow phases of a noisy machine hit all steps alike.
+  """
+  calls = [lambda c=c, a=a: c(*jax.tree_util.tree_map(jnp.copy, a[:3]), *a[3:])
+           for c, a in entries]
+  for f in calls:
+    jax.block_until_ready(f())
+  times = [[] for _ in calls]
+  for _ in range(repeats):
+    for i, f in enumerate(calls):
+      t0 = time.perf_counter()
+      for _ in range(inner):
+        out = f()
+      jax.block_until_ready(out)
+      times[i].append((time.perf_counter() - t0) / inner)
+  return [statistics.median(t) for t in times]
+
+
+def _row(compiled, batch, **fields):
+  return dict(batch=batch, mem_bytes=_memory(compiled), flops=_flops(compiled), **fields)
+
+
+def run(batches, repeats, abits_sets, with_copies=True):
+  """Every step of one batch size is compiled in this process and timed side by side.
+
+  Rows: the float step with XLA's default options and with jpq's (``jpq_jax.compiler``); per
+  activation set the search step as jpq runs it (fused activation mixture, jpq's options) and, with
+  ``with_copies``, the literal sum of PACT copies with XLA's defaults (what jpq ran before).
+  """
   rows = []
   key = jax.random.PRNGKey(0)
   peak = matmul_peak(repeats)
+  jpq_opts = jpq.compiler_options()
+  xla_label = lambda o: "jpq" if o else "default"
   for batch in batches:
     x = jax.random.uniform(key, (batch, 32, 32, 3))
     y = jnp.arange(batch) % 10
-    # Float step.
     fm = ResNet8()
     fv = fm.init(key, x[:1], jpq.Ctx.float())
     tx = optax.adam(1e-3)
-    fstep = jax.jit(float_step_fn(fm, tx), donate_argnums=(0, 1, 2))
     args = (fv["params"], fv["batch_stats"], tx.init(fv["params"]), x, y)
-    t0 = time.perf_counter()
-    fcomp = fstep.lower(*args).compile()
-    fcompile = time.perf_counter() - t0
-    fargs = jax.tree_util.tree_map(jnp.copy, args)
-    ft = _median_time(lambda *a: fcomp(*jax.tree_util.tree_map(jnp.copy, a[:3]), *a[3:]),
-                      fargs, repeats)
-    frow = dict(batch=batch, step="float", abits="-", time_s=ft, img_s=batch / ft,
-                compile_s=fcompile, mem_bytes=_memory(fcomp), flops=_flops(fcomp))
-    rows.append(frow)
-    for abits in abits_sets:
-      space = jpq.SearchSpace(w_precisions=(0, 2, 4, 8), a_precisions=abits)
-      sm = ResNet8(space=space)
-      table = jpq.trace_table(sm, x[:1])
-      sv = jpq.to_search(sm, {"params": fv["params"], "batch_stats": fv["batch_stats"]}, x[:1],
-                         table=table)
-      counter = []
-      sstep = jax.jit(search_step_fn(sm, table, optax.adam(1e-3), counter), donate_argnums=(0, 1, 2))
-      opt = optax.adam(1e-3).init((sv["params"], sv["arch"]))
-      sargs = (sv["params"], sv["arch"], opt, x, y, jnp.float32(1e-6), jnp.float32(1.0))
+    floats, entries, batch_rows = {}, [], []
+    for opts in ([None, jpq_opts] if jpq_opts else [None]):
       t0 = time.perf_counter()
-      scomp = sstep.lower(*sargs).compile()
-      scompile = time.perf_counter() - t0
-      st = _median_time(lambda *a: scomp(*jax.tree_util.tree_map(jnp.copy, a[:3]), *a[3:]),
-                        sargs, repeats)
-      # Recompiles across "epochs" (temperatures) and "members" (lambdas): call the jitted
-      # function (not the AOT executable) with new array values and count traces.
-      n0 = len(counter)
-      state = jax.tree_util.tree_map(jnp.copy, sargs[:3])
-      for t, lam in ((1.0, 1e-6), (0.5, 1e-7), (0.1, 3e-6)):
-        state = sstep(*state, x, y, jnp.float32(lam), jnp.float32(t))[:3]
-      jax.block_until_ready(state)
-      rows.append(dict(batch=batch, step="search", abits=",".join(map(str, abits)), time_s=st,
-                       img_s=batch / st, compile_s=scompile, mem_bytes=_memory(scomp),
-                       flops=_flops(scomp), ratio_vs_float=ft / st,
-                       mem_ratio_vs_float=(_memory(scomp) / frow["mem_bytes"]
-                                           if frow["mem_bytes"] else None),
-                       traces_for_3_new_T_lambda=len(counter) - n0 + 1))
+      comp = jax.jit(float_step_fn(fm, tx), donate_argnums=(0, 1, 2),
+                     compiler_options=opts).lower(*args).compile()
+      floats[xla_label(opts)] = r = _row(comp, batch, step="float", abits="-", mixture="-",
+                                         xla=xla_label(opts), compile_s=time.perf_counter() - t0)
+      entries.append((comp, args))
+      batch_rows.append(r)
+    for abits in abits_sets:
+      variants = [("fused", jpq_opts)] + ([("copies", None)] if with_copies else [])
+      for mixture, opts in variants:
+        space = jpq.SearchSpace(w_precisions=(0, 2, 4, 8), a_precisions=abits,
+                                activation_mixture=mixture)
+        sm = ResNet8(space=space)
+        table = jpq.trace_table(sm, x[:1])
+        sv = jpq.to_search(sm, {"params": fv["params"], "batch_stats": fv["batch_stats"]}, x[:1],
+                           table=table)
+        counter = []
+        sstep = jax.jit(search_step_fn(sm, table, optax.adam(1e-3), counter),
+                        donate_argnums=(0, 1, 2), compiler_options=opts)
+        opt = optax.adam(1e-3).init((sv["params"], sv["arch"]))
+        sargs = (sv["params"], sv["arch"], opt, x, y, jnp.float32(1e-6), jnp.float32(1.0))
+        t0 = time.perf_counter()
+        scomp = sstep.lower(*sargs).compile()
+        r = _row(scomp, batch, step="search", abits=",".join(map(str, abits)), mixture=mixture,
+                 xla=xla_label(opts), compile_s=time.perf_counter() - t0)
+        # Recompiles across "epochs" (temperatures) and "members" (lambdas): call the jitted
+        # function (not the AOT executable) with new array values and count traces.
+        n0 = len(counter)
+        state = jax.tree_util.tree_map(jnp.copy, sargs[:3])
+        for t, lam in ((1.0, 1e-6), (0.5, 1e-7), (0.1, 3e-6)):
+          state = sstep(*state, x, y, jnp.float32(lam), jnp.float32(t))[:3]
+        jax.block_until_ready(state)
+        r["traces_for_3_new_T_lambda"] = len(counter) - n0 + 1
+        entries.append((scomp, sargs))
+        batch_rows.append(r)
+    for r, t in zip(batch_rows, _time_side_by_side(entries, repeats)):
+      r.update(time_s=t, img_s=batch / t)
+    for r in batch_rows:
+      for name, f in floats.items():
+        r[f"ratio_vs_float_{name}"] = f["time_s"] / r["time_s"]
+        r[f"mem_ratio_vs_float_{name}"] = (r["mem_bytes"] / f["mem_bytes"]
+                                           if f["mem_bytes"] and r["mem_bytes"] else None)
+    rows += batch_rows
   for r in rows:
     r["flop_s"] = r["flops"] / r["time_s"] if r.get("flops") else None
     r["frac_of_matmul_peak"] = r["flop_s"] / peak if r["flop_s"] else None
   return rows, peak
+
+
+def _fmt(v, spec):
+  return "-" if v is None else format(v, spec)
 
 
 def main():
@@ -179,27 +224,36 @@ def main():
   ap.add_argument("--batches", type=int, nargs="+", default=[32, 128])
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--quick", action="store_true", help="batch 32 only, 3 repeats")
+  ap.add_argument("--no-copies", action="store_true",
+                  help="skip the sum-of-copies search steps (the pre-fused implementation)")
   ap.add_argument("--out", default=str(RESULTS / "step.json"))
   a = ap.parse_args()
   if a.quick:
     a.batches, a.repeats = [32], 3
-  rows, peak = run(a.batches, a.repeats, [(8,), (2, 4, 8)])
-  hdr = (f"{'batch':>5} {'step':<7} {'abits':<6} {'ms/step':>8} {'img/s':>8} {'vs float':>8} "
-         f"{'compile s':>9} {'mem MB':>8} {'mem x':>6} {'GFLOP/s':>8} {'%peak':>6} {'traces':>6}")
+  rows, peak = run(a.batches, a.repeats, [(8,), (2, 4, 8)], with_copies=not a.no_copies)
+  hdr = (f"{'batch':>5} {'step':<6} {'abits':<6} {'mixture':<7} {'xla':<7} {'ms/step':>8} "
+         f"{'img/s':>6} {'x float':>7} {'x float':>7} {'compile':>7} {'mem MB':>7} {'mem x':>6} "
+         f"{'mem x':>6} {'GFLOP/s':>7} {'%peak':>5} {'traces':>6}")
+  sub = (f"{'':>5} {'':<6} {'':<6} {'':<7} {'':<7} {'':>8} {'':>6} {'(dflt)':>7} {'(jpq)':>7} "
+         f"{'s':>7} {'':>7} {'(dflt)':>6} {'(jpq)':>6}")
   print(hdr)
+  print(sub)
   print("-" * len(hdr))
   for r in rows:
-    print(f"{r['batch']:>5} {r['step']:<7} {r['abits']:<6} {1e3 * r['time_s']:>8.1f} "
-          f"{r['img_s']:>8.0f} {r.get('ratio_vs_float', 1.0):>8.2f} {r['compile_s']:>9.1f} "
-          f"{(r['mem_bytes'] or 0) / 1e6:>8.1f} {r.get('mem_ratio_vs_float') or 1.0:>6.2f} "
-          f"{(r['flop_s'] or 0) / 1e9:>8.1f} {100 * (r['frac_of_matmul_peak'] or 0):>6.1f} "
-          f"{r.get('traces_for_3_new_T_lambda', '-'):>6}")
-  print(f"matmul peak (1024^2 f32): {peak / 1e9:.1f} GFLOP/s")
+    print(f"{r['batch']:>5} {r['step']:<6} {r['abits']:<6} {r['mixture']:<7} {r['xla']:<7} "
+          f"{1e3 * r['time_s']:>8.1f} {r['img_s']:>6.0f} "
+          f"{_fmt(r.get('ratio_vs_float_default'), '.2f'):>7} "
+          f"{_fmt(r.get('ratio_vs_float_jpq'), '.2f'):>7} {r['compile_s']:>7.1f} "
+          f"{(r['mem_bytes'] or 0) / 1e6:>7.1f} {_fmt(r.get('mem_ratio_vs_float_default'), '.2f'):>6} "
+          f"{_fmt(r.get('mem_ratio_vs_float_jpq'), '.2f'):>6} {(r['flop_s'] or 0) / 1e9:>7.1f} "
+          f"{100 * (r['frac_of_matmul_peak'] or 0):>5.1f} {r.get('traces_for_3_new_T_lambda', '-'):>6}")
+  print(f"matmul peak (1024^2 f32): {peak / 1e9:.1f} GFLOP/s; xla 'jpq' = {jpq.compiler_options()}")
   out = pathlib.Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   meta = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), backend=jax.default_backend(),
               device=str(jax.devices()[0].device_kind), cpus=os.cpu_count(),
-              machine=platform.machine(), jax=jax.__version__, matmul_peak_flop_s=peak)
+              machine=platform.machine(), jax=jax.__version__, matmul_peak_flop_s=peak,
+              jpq_compiler_options=jpq.compiler_options())
   out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
   print(f"wrote {out}")
 

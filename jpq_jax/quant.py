@@ -251,13 +251,21 @@ def _pact_mixture_bwd(bits, res, g):
   xb = jnp.where(jnp.isnan(g), jnp.zeros_like(x), x)
   zero = jnp.zeros_like(g)
   gx = zero
-  gclip, gtheta = [], []
+  terms = []
   for j, b in enumerate(bits):
     gj = theta[j] * g  # the gradient reaching copy j (as autodiff of the sum of copies forms it)
     gx = gx + jnp.where((x > 0) & (x < clips[j]), gj, zero)
-    gclip.append(jnp.sum(jnp.where(x >= clips[j], gj, zero)))
-    gtheta.append(jnp.sum(g * _pact_forward(xb, clips[j], float(b))))
-  return gx, jnp.stack(gclip).astype(clips.dtype), jnp.stack(gtheta).astype(theta.dtype)
+    terms.append(jnp.where(x >= clips[j], gj, zero))                 # -> dclip_j
+    terms.append(g * _pact_forward(xb, clips[j], float(b)))          # -> dtheta_j
+  # All 2J sums in one variadic reduction (one pass over x and g, nothing materialised; separate
+  # jnp.sum calls each write their input to a full-size buffer on XLA:CPU), first over every axis
+  # but the channel one, so the pass can still be split across threads.
+  per_channel = jax.lax.reduce(tuple(terms), tuple(jnp.zeros((), g.dtype) for _ in terms),
+                               lambda a, b: tuple(u + v for u, v in zip(a, b)),
+                               tuple(range(g.ndim - 1)))
+  sums = [jnp.sum(t) for t in per_channel]
+  return (gx, jnp.stack(sums[0::2]).astype(clips.dtype),
+          jnp.stack(sums[1::2]).astype(theta.dtype))
 
 
 _pact_mixture.defvjp(_pact_mixture_fwd, _pact_mixture_bwd)

@@ -28,6 +28,7 @@ versions), ``metrics.jsonl``, ``checkpoints/`` (Orbax, every epoch and phase bou
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,6 +46,8 @@ import numpy as np
 
 from jpq_jax import checkpoint as ckpt_lib
 from jpq_jax import train as T
+from jpq_jax.compiler import SETTINGS as COMPILER_SETTINGS
+from jpq_jax.compiler import compiler_options
 from jpq_jax.layers import Ctx, SearchSpace
 from jpq_jax.table import LayerTable, trace_table
 
@@ -98,7 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
       ``temperature``, ``temperature_decay``, ``sampling``, ``incremental_strength``.
     sweep: ``lambdas``, ``seeds`` (members = lambdas x seeds), ``strategy``, ``data_devices``
       (size of the mesh's ``data`` axis for ``sharded``), ``checkpoint_keep``, ``async_checkpoint``,
-      ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric``.
+      ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric``,
+      ``xla_options`` (``auto``: jpq's XLA options for the backend, see :mod:`jpq_jax.compiler`;
+      ``default``: XLA's own).
     distributed: ``enabled``, ``coordinator_address`` (``host:port`` of process 0),
       ``coordinator_bind_address`` (where process 0 listens; JAX's default is every interface,
       ``[::]:port``), ``num_processes``, ``process_id`` (``jax.distributed.initialize``; empty or
@@ -144,7 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
           schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))))
   c.sweep = ml_collections.ConfigDict(dict(
       lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
-      async_checkpoint=True, pareto_cost="", pareto_metric="test_acc"))
+      async_checkpoint=True, pareto_cost="", pareto_metric="test_acc", xla_options="auto"))
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
                                                  coordinator_bind_address="", num_processes=1,
                                                  process_id=0))
@@ -304,6 +309,9 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     raise _field_error("sweep.lambdas", f"repeated lambda in {lams}")
   if not tuple(s.seeds):
     raise _field_error("sweep.seeds", "no seed given")
+  if s.get("xla_options", "auto") not in COMPILER_SETTINGS:
+    raise _field_error("sweep.xla_options", f"unknown setting {s.xla_options!r}; use one of "
+                       f"{COMPILER_SETTINGS}")
   if s.strategy not in STRATEGIES:
     raise _field_error("sweep.strategy", f"unknown strategy {s.strategy!r}; use one of {STRATEGIES}")
   costs = T.cost_names()
@@ -368,7 +376,8 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       new = json.loads(cfg.to_json_best_effort())
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
       # differs between the processes of one run).
-      diff = _first_diff(old, new, ignore=("sweep.strategy", "sweep.async_checkpoint",
+      diff = _first_diff(old, new, ignore=("sweep.strategy", "sweep.xla_options",
+                                           "sweep.async_checkpoint",
                                            "sweep.checkpoint_keep", "debug", "distributed"))
       if diff is not None:
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
@@ -504,9 +513,12 @@ class _Executor:
   # sharding) instead of the whole batch; only a mesh whose data axis spans the processes does.
   local_batch = False
 
-  def __init__(self, step: Callable, evaluate: Callable, end: Callable, n: int):
+  def __init__(self, step: Callable, evaluate: Callable, end: Callable, n: int,
+               compiler_options: Optional[Dict[str, Any]] = None):
     self.n = n
     self._step, self._eval, self._end = step, evaluate, end
+    # XLA options of the step / evaluation / end-of-epoch programs (jpq_jax.compiler).
+    self._jit = functools.partial(jax.jit, compiler_options=compiler_options)
 
   def splits_batch(self, global_batch: int) -> bool:
     """Whether this process's devices need exactly its Loader slice of a global batch."""
@@ -521,11 +533,11 @@ class LoopExecutor(_Executor):
 
   name = "loop"
 
-  def __init__(self, step, evaluate, end, n):
-    super().__init__(step, evaluate, end, n)
-    self.step_fn = jax.jit(step, donate_argnums=0)
-    self.eval_fn = jax.jit(evaluate)
-    self.end_fn = jax.jit(end, donate_argnums=0)
+  def __init__(self, step, evaluate, end, n, compiler_options=None):
+    super().__init__(step, evaluate, end, n, compiler_options)
+    self.step_fn = self._jit(step, donate_argnums=0)
+    self.eval_fn = self._jit(evaluate)
+    self.end_fn = self._jit(end, donate_argnums=0)
     self.states: List[Any] = []
 
   def set_states(self, stacked):
@@ -563,26 +575,26 @@ class VmapExecutor(_Executor):
 
   name = "vmap"
 
-  def __init__(self, step, evaluate, end, n, mesh=None):
-    super().__init__(step, evaluate, end, n)
+  def __init__(self, step, evaluate, end, n, mesh=None, compiler_options=None):
+    super().__init__(step, evaluate, end, n, compiler_options)
     self.mesh = mesh
     vstep = jax.vmap(step, in_axes=(0, None, None, 0, None, 0))
     veval = jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None))
     vend = jax.vmap(end, in_axes=(0, 0))
     if mesh is None:
-      self.step_fn = jax.jit(vstep, donate_argnums=0)
-      self.eval_fn = jax.jit(veval)
-      self.end_fn = jax.jit(vend, donate_argnums=0)
+      self.step_fn = self._jit(vstep, donate_argnums=0)
+      self.eval_fn = self._jit(veval)
+      self.end_fn = self._jit(vend, donate_argnums=0)
     else:
       from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
       self.name = "sharded"
       self.member_sh = NamedSharding(mesh, P("member"))
       self.data_sh = NamedSharding(mesh, P("data"))
       self.repl = NamedSharding(mesh, P())
-      self.step_fn = jax.jit(vstep, donate_argnums=0,
-                             out_shardings=(self.member_sh, self.member_sh))
-      self.eval_fn = jax.jit(veval, out_shardings=self.member_sh)
-      self.end_fn = jax.jit(vend, donate_argnums=0, out_shardings=self.member_sh)
+      self.step_fn = self._jit(vstep, donate_argnums=0,
+                               out_shardings=(self.member_sh, self.member_sh))
+      self.eval_fn = self._jit(veval, out_shardings=self.member_sh)
+      self.end_fn = self._jit(vend, donate_argnums=0, out_shardings=self.member_sh)
     self.state = None
 
   def splits_batch(self, global_batch: int) -> bool:
@@ -684,14 +696,30 @@ def make_mesh(n_members: int, data_devices: int = 1):
                            ("member", "data"))
 
 
-def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int = 1):
-  """An executor of ``strategy`` (``loop``, ``vmap`` or ``sharded``) for ``n`` members."""
+def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int = 1,
+                  compiler_options: Optional[Dict[str, Any]] = None):
+  """An executor of ``strategy`` (``loop``, ``vmap`` or ``sharded``) for ``n`` members.
+
+  Args:
+    strategy: ``loop``, ``vmap`` or ``sharded``.
+    step, evaluate, end: the single-member phase functions (:mod:`jpq_jax.train`).
+    n: number of members.
+    data_devices: size of the mesh's ``data`` axis (``sharded``).
+    compiler_options: XLA options of the compiled programs (:func:`jpq_jax.compiler.compiler_options`).
+
+  Returns:
+    The executor.
+
+  Raises:
+    ValueError: an unknown strategy.
+  """
+  kw = dict(compiler_options=compiler_options)
   if strategy == "loop":
-    return LoopExecutor(step, evaluate, end, n)
+    return LoopExecutor(step, evaluate, end, n, **kw)
   if strategy == "vmap":
-    return VmapExecutor(step, evaluate, end, n)
+    return VmapExecutor(step, evaluate, end, n, **kw)
   if strategy == "sharded":
-    return VmapExecutor(step, evaluate, end, n, mesh=make_mesh(n, data_devices))
+    return VmapExecutor(step, evaluate, end, n, mesh=make_mesh(n, data_devices), **kw)
   raise ValueError(f"unknown strategy {strategy!r}")
 
 
@@ -985,7 +1013,8 @@ class Sweep:
   def _make_ex(self, phase, n, strategy=None):
     tx, step, evaluate, end = self._phase_fns(phase)
     return tx, make_executor(strategy or self.strategy, step, evaluate, end, n,
-                             int(self.cfg.sweep.data_devices))
+                             int(self.cfg.sweep.data_devices),
+                             compiler_options=compiler_options(self.cfg.sweep.get("xla_options", "auto")))
 
   def _measure(self, phase, stacked):
     """Time a few steps of loop and vmap/sharded on copies of the states; keep the faster."""

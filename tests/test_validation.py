@@ -79,6 +79,7 @@ CLI_ROWS = [
     ("zero temperature", _sweep("search.temperature=0"), "search.temperature"),
     ("unknown optimizer", _sweep("warmup.optimizer.name=rmsprop"), "warmup.optimizer.name"),
     ("unknown strategy", _sweep("sweep.strategy=warp"), "sweep.strategy"),
+    ("unknown XLA options", _sweep("sweep.xla_options=fastest"), "sweep.xla_options"),
     ("unknown model", _sweep("model.name=vgg"), "model.name"),
     ("bad kill point", _sweep("debug.kill_at=search:x"), "debug.kill_at"),
     # precision sets
