@@ -225,11 +225,10 @@ def pact_signed(x: jax.Array, clip_inf: jax.Array, clip_sup: jax.Array, bits: in
 
 def _pact_stack(x, clips, bits):
   """PACT copies of ``x`` at every precision, stacked on a new leading axis ``(J, *x.shape)``."""
-  shape = (len(bits),) + (1,) * x.ndim
-  levels = jnp.asarray([2.0**b - 1.0 for b in bits], x.dtype).reshape(shape)
-  c = clips.reshape(shape)
-  k = levels / (c + PACT_EPS)
-  return jnp.floor(k * jnp.clip(x[None], 0.0, c)) / k
+  # One pact() expression per precision, each dividing by a broadcast *scalar*: XLA keeps that a
+  # true division (as torch computes it), while a division by a broadcast (J,) vector is rewritten
+  # into a multiplication by its reciprocal, one ulp off for many elements.
+  return jnp.stack([_pact_forward(x, clips[j], float(b)) for j, b in enumerate(bits)])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

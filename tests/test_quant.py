@@ -159,3 +159,16 @@ def test_pact_mixture_rejects_bad_arguments():
     quant.pact_mixture(x, jnp.ones(2), jnp.ones(2), (0, 8))
   with pytest.raises(ValueError, match=r"must both have shape \(2,\)"):
     quant.pact_mixture(x, jnp.ones(3), jnp.ones(2), (4, 8))
+
+
+def test_pact_mixture_one_hot_is_exactly_pact_under_jit():
+  """Fixed mode (one-hot theta) gives pact()'s exact values, which the integer export reproduces:
+  the copies divide by their scalar k like torch (no reciprocal-multiply rewrite by XLA)."""
+  x, _, _, _, _ = _mixture_case()
+  clips = jnp.asarray([4.64, 2.254], jnp.float32)  # traced below, like trained clips
+  fused = jax.jit(lambda x, c: quant.pact_mixture(x, c, jnp.asarray([1.0, 0.0]), (4, 8)))(x, clips)
+  ref = jax.jit(lambda x, c: quant.pact(x, c[0], 4))(x, clips)
+  np.testing.assert_array_equal(fused, ref)
+  c0 = np.float32(4.64)
+  k = np.float32(15.0) / (c0 + np.float32(quant.PACT_EPS))
+  np.testing.assert_array_equal(fused, np.floor(k * np.clip(np.asarray(x), np.float32(0), c0)) / k)

@@ -58,12 +58,14 @@ def test_members_equal_single_runs(warm, loop3, tmp_path):
 
 def test_vmap_equals_loop(loop3, vmap3):
   """The vmapped sweep agrees with the loop (float32 roundoff of the batched convs only; it can
-  move a weight across a quantization step, so the tolerance is loose)."""
+  move a weight across a quantization step, so the tolerance is loose). The tiny model is barely
+  trained (test accuracy ~0.2 on a small test set): a few samples flip, and loop and vmap accuracies
+  of one member were measured 0.025 and 0.039 apart across library versions, hence atol 0.05."""
   np.testing.assert_allclose(_losses(vmap3[0]), _losses(loop3[0]), rtol=1e-2, atol=1e-3)
   np.testing.assert_allclose(_losses(vmap3[0], key="cost_argmax"),
                              _losses(loop3[0], key="cost_argmax"), rtol=5e-2)
   for m1, m3 in zip(loop3[1]["members"], vmap3[1]["members"]):
-    np.testing.assert_allclose(m1["test_acc"], m3["test_acc"], atol=0.03)
+    np.testing.assert_allclose(m1["test_acc"], m3["test_acc"], atol=0.05)
 
 
 def test_nan_member_isolated(warm, loop3, tmp_path):
