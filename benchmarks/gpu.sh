@@ -16,11 +16,12 @@ fi
 python -c "import jax; print('backend', jax.default_backend(), jax.devices())" | tee "$OUT/device.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/device.txt" || true
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-# Float vs search step of ResNet-8 (batch 32 and 128, activations {8} and {2,4,8}).
-timeout 150 python benchmarks/step.py --batches 32 128 --repeats 7 --out "$OUT/step.json" \
+# Float vs search step of ResNet-8 (batch 32 and 128, activations {8} and {2,4,8}; fused mixture
+# and the sum of PACT copies).
+timeout 200 python benchmarks/step.py --batches 32 128 --repeats 7 --out "$OUT/step.json" \
   | tee "$OUT/step.txt"
 # Member throughput of the sweep strategies, N up to 64 (target: N=64 >= 20x N=1); one subprocess
 # per point (its own peak memory); the Python loop only up to N=8 (its time grows with N).
-timeout 270 python benchmarks/sweep.py --model resnet8 --members 1,4,16,64 --loop-max 4 \
+timeout 220 python benchmarks/sweep.py --model resnet8 --members 1,4,16,64 --loop-max 4 \
   --steps 5 --repeats 3 --out "$OUT/sweep.json" | tee "$OUT/sweep.txt"
 echo "results in $OUT"

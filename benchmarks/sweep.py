@@ -45,7 +45,8 @@ def _budget_mb(n: int) -> float:
   return (1.5 + 0.25 * n) * 1024
 
 
-def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repeats: int) -> dict:
+def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repeats: int,
+            xla: str = "auto") -> dict:
   """One (N, strategy) measurement in this process (run it in a fresh subprocess)."""
   import resource  # pylint: disable=import-outside-toplevel
 
@@ -54,7 +55,7 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, ROOT)
-  from jpq_jax import sweep, to_search, trace_table  # pylint: disable=import-outside-toplevel
+  from jpq_jax import compiler_options, sweep, to_search, trace_table  # pylint: disable=import-outside-toplevel
   from jpq_jax import train as T  # pylint: disable=import-outside-toplevel
   from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
@@ -78,7 +79,7 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
   ev = T.make_eval_step(model, "search")
   end = lambda s, m: T.end_epoch(s, m, start=-1, patience=10)
   states = [T.init_state("search", sv, tx, key=jax.random.PRNGKey(k), lam=1e-6) for k in range(n)]
-  ex = sweep.make_executor(strategy, step, ev, end, n)
+  ex = sweep.make_executor(strategy, step, ev, end, n, compiler_options=compiler_options(xla))
   ex.set_states(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states))
   del states
   lams = np.geomspace(1e-7, 1e-5, n).astype(np.float32)
@@ -106,7 +107,7 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
     dev_peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
   except Exception:  # pylint: disable=broad-except
     pass
-  return {"model": model_name, "members": n, "strategy": strategy, "batch": batch,
+  return {"model": model_name, "members": n, "strategy": strategy, "batch": batch, "xla": xla,
           "device_peak_mb": dev_peak / 2**20 if dev_peak else None,
           "compile_s": compile_s, "step_ms": 1e3 * dt, "step_ms_all": [1e3 * t for t in times],
           "member_images_per_s": n * batch / dt, "recompiles": recompiles,
@@ -117,7 +118,7 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
 def _child(args, n, strategy):
   cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{n}:{strategy}",
          "--model", args.model, "--batch", str(args.batch), "--steps", str(args.steps),
-         "--repeats", str(args.repeats)]
+         "--repeats", str(args.repeats), "--xla", args.xla]
   out = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if out.returncode != 0:
     return {"members": n, "strategy": strategy, "error": out.stderr.strip().splitlines()[-1:]}
@@ -135,12 +136,16 @@ def main():
   ap.add_argument("--quick", action="store_true", help="N = 1, 2, 4 and 2 repeats")
   ap.add_argument("--loop-max", type=int, default=0,
                   help="skip 'loop' above this N (its time grows with N; for big accelerator sweeps)")
+  ap.add_argument("--xla", default="auto", choices=["auto", "default"],
+                  help="XLA options of the compiled steps (jpq_jax.compiler_options; the driver's "
+                       "sweep.xla_options)")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "sweep.json"))
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.child:
     n, strategy = args.child.split(":")
-    print(json.dumps(measure(args.model, int(n), strategy, args.batch, args.steps, args.repeats)))
+    print(json.dumps(measure(args.model, int(n), strategy, args.batch, args.steps, args.repeats,
+                             args.xla)))
     return
   import jax  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, ROOT)
@@ -154,7 +159,8 @@ def main():
   hdr = (f"{'N':>3} {'strategy':<8} {'compile s':>9} {'step ms':>9} {'member-img/s':>13} "
          f"{'vs loop':>8} {'vs N=1':>6} {'recompiles':>10} {'peak MB':>8} {'budget MB':>9} "
          f"{'dev MB':>8}")
-  print(f"{args.model}, batch {args.batch}, backend {jax.default_backend()}, auto -> {auto}")
+  print(f"{args.model}, batch {args.batch}, backend {jax.default_backend()}, auto -> {auto}, "
+        f"xla options {args.xla}")
   print(hdr)
   print("-" * len(hdr))
   n1 = {}  # member-images/s at N = 1 per strategy: the accelerator target is N = 64 vs N = 1
@@ -187,7 +193,7 @@ def main():
           "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
           "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
           "auto": auto, "model": args.model, "batch": args.batch, "steps": args.steps,
-          "repeats": args.repeats}
+          "repeats": args.repeats, "xla": args.xla}
   with open(args.out, "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=2)
   print(f"written {args.out}")
