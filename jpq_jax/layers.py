@@ -180,7 +180,7 @@ class SearchSpace:
     input_signed_clips: initial (inf, sup) clips of the signed input quantizer.
     activation_mixture: how the unsigned PACT mixture ``sum_j theta_j PACT_j(x)`` is computed:
       ``"fused"`` (default; :func:`jpq_jax.quant.pact_mixture`, one pass, only ``x`` kept for the
-      backward) or ``"copies"`` (a sum of per-precision :func:`~jpq_jax.quant.pact` copies, the
+      backward; a single precision still uses :func:`~jpq_jax.quant.pact`) or ``"copies"`` (a sum of per-precision :func:`~jpq_jax.quant.pact` copies, the
       reference's literal form). Both give the reference's values and gradients to float32
       rounding; they differ in speed and memory (benchmarks/step.py).
   """
@@ -255,8 +255,12 @@ def _tracing_table(module: nn.Module) -> bool:
 
 def _pact_mix(x: jax.Array, clips: jax.Array, th: jax.Array, bits: Tuple[int, ...],
               how: str) -> jax.Array:
-  """``sum_j th_j * pact(x, clips_j, bits_j)``: fused (one pass) or as a sum of copies."""
-  if how == "fused":
+  """``sum_j th_j * pact(x, clips_j, bits_j)``: fused (one pass) or as a sum of copies.
+
+  A single precision always takes the copies form: with one copy there is nothing to fuse, and
+  recomputing it in the backward made the {8} step ~7% slower (benchmarks/step.py).
+  """
+  if how == "fused" and len(bits) > 1:
     return quant.pact_mixture(x, clips, th, bits)
   y = jnp.zeros_like(x)
   for j, p in enumerate(bits):
