@@ -180,9 +180,10 @@ class SearchSpace:
     input_signed_clips: initial (inf, sup) clips of the signed input quantizer.
     activation_mixture: how the unsigned PACT mixture ``sum_j theta_j PACT_j(x)`` is computed:
       ``"fused"`` (default; :func:`jpq_jax.quant.pact_mixture`, one pass, only ``x`` kept for the
-      backward; a single precision still uses :func:`~jpq_jax.quant.pact`) or ``"copies"`` (a sum of per-precision :func:`~jpq_jax.quant.pact` copies, the
-      reference's literal form). Both give the reference's values and gradients to float32
-      rounding; they differ in speed and memory (benchmarks/step.py).
+      backward; a single precision still uses :func:`~jpq_jax.quant.pact`) or ``"copies"`` (a sum
+      of per-precision :func:`~jpq_jax.quant.pact` copies, the reference's literal form). Both give
+      the reference's values and gradients to float32 rounding; they differ in speed and memory
+      (benchmarks/step.py).
   """
   w_precisions: Tuple[int, ...] = (0, 2, 4, 8)
   a_precisions: Tuple[int, ...] = (8,)
@@ -474,12 +475,12 @@ class InputQuantizer(nn.Module):
       bits = _var(self, "precision", "a_bits", lambda: jnp.asarray(max(ps), jnp.int32))
       th = choice.onehot_from_bits(bits, ps)
     n = len(ps)
-    y = jnp.zeros_like(x)
     s_a = jnp.zeros((), x.dtype)
     if self.space.input_signed:
       lo, hi = self.space.input_signed_clips
       c_inf = _var(self, "params", "clip_inf", lambda k: jnp.full((n,), lo, jnp.float32))
       c_sup = _var(self, "params", "clip_sup", lambda k: jnp.full((n,), hi, jnp.float32))
+      y = jnp.zeros_like(x)
       for j, p in enumerate(ps):
         y = y + th[j] * quant.pact_signed(x, c_inf[j], c_sup[j], p)
         s_a = s_a + th[j] * quant.pact_signed_scale(jax.lax.stop_gradient(c_inf[j]),
