@@ -141,7 +141,7 @@ def all8_costs(cfg) -> Dict[str, float]:
 
 
 def run_configs(bench: str, protocol: str, data_dir: str,
-                extra_runs: Sequence[str] = ()) -> Dict[str, object]:
+                extra_runs: Sequence[str] = (), xla_options: str = "auto") -> Dict[str, object]:
   """The config of every run of ``bench`` under ``protocol`` (``full``, ``cpu`` or ``smoke``).
 
   Args:
@@ -149,6 +149,8 @@ def run_configs(bench: str, protocol: str, data_dir: str,
     protocol: ``full``, ``cpu`` or ``smoke``.
     data_dir: overrides ``data.data_dir`` when not empty.
     extra_runs: runs of the full protocol to add to a reduced one (e.g. ``joint_mpic``).
+    xla_options: ``sweep.xla_options`` of every run (``auto`` or ``default``, see
+      :mod:`jpq_jax.compiler`).
 
   Returns:
     ``{run name: config}``.
@@ -163,6 +165,7 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   base = load_config(os.path.join(ROOT, "experiments", "configs", f"{bench}.py"))
   if data_dir:
     base.data.data_dir = data_dir
+  base.sweep.xla_options = xla_options
   prot = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(protocol)
   runs = FULL_RUNS if prot is None else tuple(prot["runs"]) + tuple(
       r for r in extra_runs if r not in prot["runs"])
@@ -217,13 +220,17 @@ def main(argv=None) -> int:
   ap.add_argument("--data-dir", default="")
   ap.add_argument("--workdir", default="", help="default runs/bench_<bench>_<protocol>")
   ap.add_argument("--runs", default="", help="comma-separated subset of the runs")
+  ap.add_argument("--xla-options", choices=("auto", "default"), default="auto",
+                  help="XLA options of the compiled steps (sweep.xla_options; 'default' = XLA's "
+                       "own, the code path of results produced before jpq's options)")
   args = ap.parse_args(argv)
   from jpq_jax import compare, sweep  # pylint: disable=import-outside-toplevel
   wd = args.workdir or os.path.join("runs", f"bench_{args.bench}_{args.protocol}")
   os.makedirs(wd, exist_ok=True)
   keep = [r for r in args.runs.split(",") if r]
   try:
-    cfgs = run_configs(args.bench, args.protocol, args.data_dir, extra_runs=keep)
+    cfgs = run_configs(args.bench, args.protocol, args.data_dir, extra_runs=keep,
+                       xla_options=args.xla_options)
   except ValueError as e:
     ap.error(str(e))
   if keep:

@@ -42,6 +42,13 @@ def test_cpu_protocol_runs_and_settings(rb):
     assert T.earlystop_start(c.finetune.epochs, c.train.earlystop_start) == -1
   assert cfgs["w8a8"].train.earlystop_start == 20
   assert len({c.name for c in cfgs.values()}) == len(cfgs)
+  assert {c.sweep.xla_options for c in cfgs.values()} == {"auto"}
+
+
+def test_xla_options_reach_every_run(rb):
+  cfgs = rb.run_configs("cifar10_resnet8", "cpu", "", extra_runs=("joint_mpic",),
+                        xla_options="default")
+  assert {c.sweep.xla_options for c in cfgs.values()} == {"default"}
 
 
 def test_hardware_runs_rescale_lambdas(rb):
