@@ -220,7 +220,14 @@ class _Recorder:
     else:  # pragma: no cover - filtered by the interceptor
       return
     node["shape"] = list(out.value.shape[1:])
-    self._add(node, out.value)
+    if getattr(mod, "relu", False):
+      # The layer applied the ReLU that follows its quantizer: the same relu node a
+      # QTensor.map(jax.nn.relu) after the layer records.
+      relu = ops_lib.describe(jax.nn.relu).descriptor()
+      relu.update(inputs=[self._add(node, object())], shape=node["shape"])
+      self._add(relu, out.value)
+    else:
+      self._add(node, out.value)
 
 
 _RECORDED = (InputQuantizer, Conv, Dense, Add)

@@ -254,15 +254,22 @@ def _tracing_table(module: nn.Module) -> bool:
   return module.is_mutable_collection(TABLE_COLLECTION) and not module.is_initializing()
 
 
-def _pact_mix(x: jax.Array, clips: jax.Array, th: jax.Array, bits: Tuple[int, ...],
-              how: str) -> jax.Array:
-  """``sum_j th_j * pact(x, clips_j, bits_j)``: fused (one pass) or as a sum of copies.
+def _fuses(bits: Tuple[int, ...], how: str) -> bool:
+  """Whether the fused mixture is used: ``how == "fused"`` and more than one precision.
 
   A single precision always takes the copies form: with one copy there is nothing to fuse, and
   recomputing it in the backward made the {8} step ~7% slower (benchmarks/step.py).
   """
-  if how == "fused" and len(bits) > 1:
-    return quant.pact_mixture(x, clips, th, bits)
+  return how == "fused" and len(bits) > 1
+
+
+def _pact_mix(x: jax.Array, clips: jax.Array, th: jax.Array, bits: Tuple[int, ...],
+              how: str, relu: bool = False) -> jax.Array:
+  """``sum_j th_j * pact(x, clips_j, bits_j)``: fused (one pass, optionally with the following ReLU,
+  see :func:`jpq_jax.quant.pact_mixture`) or as a sum of copies (``relu`` must then be False)."""
+  if _fuses(bits, how):
+    return quant.pact_mixture(x, clips, th, bits, relu=relu)
+  assert not relu, "the copies form applies the ReLU as a separate op"
   y = jnp.zeros_like(x)
   for j, p in enumerate(bits):
     y = y + th[j] * quant.pact(x, clips[j], p)
@@ -412,12 +419,15 @@ class Group(nn.Module):
       s_w = s_w + th[i] * quant.weight_scale(kernel, p)
     return w_hat, s_w
 
-  def quantize(self, z: jax.Array, ctx: Ctx) -> QTensor:
-    """Apply the group's (mixed) output activation quantizer.
+  def quantize(self, z: jax.Array, ctx: Ctx, relu: bool = False) -> QTensor:
+    """Apply the group's (mixed) output activation quantizer, optionally followed by a ReLU.
 
     Args:
       z: pre-activation with ``features`` channels on the last axis.
       ctx: the context (identity in float mode and for the classifier's group).
+      relu: follow the quantizer with ``jax.nn.relu``: the same as ``.map(jax.nn.relu)`` on the
+        result, but the fused mixture then takes ReLU's gradient mask from ``z`` and does not
+        keep the quantized output for the backward (less memory).
 
     Returns:
       A QTensor produced by this group, with its effective activation scale.
@@ -428,14 +438,19 @@ class Group(nn.Module):
       raise ValueError(f"group {name!r} defines {self.features} channels but got a tensor with "
                        f"{z.shape[-1]}")
     if ctx.mode == "float" or not self.abits:
-      return QTensor(value=z, s_a=None, group=name)
+      q = QTensor(value=z, s_a=None, group=name)
+      return q.map(jax.nn.relu) if relu else q
     clips = self._clips()
     th = self.theta_a(ctx)
-    y = _pact_mix(z, clips, th, self.abits, self.space.activation_mixture)
+    # While a graph is recorded (export), the ReLU stays a separate, recorded op.
+    fuse_relu = (relu and _fuses(self.abits, self.space.activation_mixture)
+                 and GRAPH_RECORDER.get() is None)
+    y = _pact_mix(z, clips, th, self.abits, self.space.activation_mixture, relu=fuse_relu)
     s_a = jnp.zeros((), z.dtype)
     for j, p in enumerate(self.abits):
       s_a = s_a + th[j] * quant.pact_scale(jax.lax.stop_gradient(clips[j]), p)
-    return QTensor(value=y, s_a=s_a, group=name)
+    q = QTensor(value=y, s_a=s_a, group=name)
+    return q.map(jax.nn.relu) if relu and not fuse_relu else q
 
   def __call__(self, z: jax.Array, ctx: Ctx) -> QTensor:
     return self.quantize(z, ctx)
@@ -546,6 +561,8 @@ class Conv(_SearchLayer):
     bn_eps: BatchNorm epsilon.
     kernel_init: kernel initializer (HWIO).
     bias_init: bias initializer (default: PyTorch's uniform +-1/sqrt(fan_in)).
+    relu: a ReLU follows the output quantizer (see :meth:`Group.quantize`; the same as
+      ``.map(jax.nn.relu)`` on the output, with less memory in search mode).
   """
   features: int
   kernel_size: Union[int, Tuple[int, int]]
@@ -559,6 +576,7 @@ class Conv(_SearchLayer):
   bn_eps: float = 1e-5
   kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
   bias_init: Optional[Callable] = None
+  relu: bool = False
 
   @nn.compact
   def __call__(self, x: QTensor, ctx: Ctx) -> QTensor:
@@ -601,13 +619,12 @@ class Conv(_SearchLayer):
       if self.use_bn:
         z = nn.BatchNorm(use_running_average=not ctx.train, momentum=self.bn_momentum,
                          epsilon=self.bn_eps, name="BatchNorm_0")(z)
-      y = self.group.quantize(z, ctx)
     else:
       w_hat, b_hat = self._quantized_params(x, kernel, bias, ctx, self.group)
       z = conv(x.value, w_hat)
       if b_hat is not None:
         z = z + b_hat
-      y = self.group.quantize(z, ctx)
+    y = self.group.quantize(z, ctx, relu=self.relu)
     self._sow(LayerRecord(name=name, path=path, kind="depthwise" if self.depthwise else "conv",
                           cin=cin, cout=self.features, kernel=(kh, kw), stride=strides,
                           out_hw=(int(z.shape[1]), int(z.shape[2])), feature_groups=fgc,
@@ -668,8 +685,10 @@ class Add(nn.Module):
 
   Attributes:
     group: the sharing group that produced every operand.
+    relu: a ReLU follows the quantizer (as for :class:`Conv`).
   """
   group: Group
+  relu: bool = False
 
   def __call__(self, *xs: QTensor, ctx: Ctx) -> QTensor:
     if len(xs) < 2:
@@ -689,4 +708,4 @@ class Add(nn.Module):
     z = xs[0].value
     for x in xs[1:]:
       z = z + x.value
-    return self.group.quantize(z, ctx)
+    return self.group.quantize(z, ctx, relu=self.relu)

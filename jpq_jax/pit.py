@@ -364,15 +364,17 @@ def apply_pruned(model, pruned: Mapping, x) -> jax.Array:
       name = "/".join(mod.scope.path)
       rec = pruned[name]
       v = args[0].value
-      z = conv_of(mod, v, rec) if isinstance(mod, Conv) else v @ jnp.asarray(rec["kernel"])
-      return QTensor(value=post(z, rec), s_a=None, group=mod.group.group_name)
-    if isinstance(mod, Add):
-      xs = args
-      z = xs[0].value
-      for t in xs[1:]:
+      z = post(conv_of(mod, v, rec) if isinstance(mod, Conv) else v @ jnp.asarray(rec["kernel"]),
+               rec)
+    elif isinstance(mod, Add):
+      z = args[0].value
+      for t in args[1:]:
         z = z + t.value
-      return QTensor(value=z, s_a=None, group=mod.group.group_name)
-    return next_fun(*args, **kwargs)
+    else:
+      return next_fun(*args, **kwargs)
+    if getattr(mod, "relu", False):  # the ReLU the layer applies after its (float) quantizer
+      z = jax.nn.relu(z)
+    return QTensor(value=z, s_a=None, group=mod.group.group_name)
 
   with nn.intercept_methods(interceptor):
     return model.apply({}, x, Ctx.float(False)).value

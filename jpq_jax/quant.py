@@ -231,9 +231,22 @@ def _pact_stack(x, clips, bits):
   return jnp.stack([_pact_forward(x, clips[j], float(b)) for j, b in enumerate(bits)])
 
 
+def _mixture_value(x, clips, theta, bits):
+  return jnp.sum(theta.reshape((-1,) + (1,) * x.ndim) * _pact_stack(x, clips, bits), axis=0)
+
+
+def _unmerged(x, g):
+  """``x``'s values, as an expression XLA cannot merge with the forward's uses of ``x``.
+
+  Where ``g`` is NaN the caller's terms are NaN either way. The backward recomputes copies from it,
+  which would otherwise be CSE'd with the forward's copies and kept alive from forward to backward.
+  """
+  return jnp.where(jnp.isnan(g), jnp.zeros_like(x), x)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _pact_mixture(x, clips, theta, bits):
-  return jnp.sum(theta.reshape((-1,) + (1,) * x.ndim) * _pact_stack(x, clips, bits), axis=0)
+  return _mixture_value(x, clips, theta, bits)
 
 
 def _pact_mixture_fwd(x, clips, theta, bits):
@@ -244,10 +257,7 @@ def _pact_mixture_fwd(x, clips, theta, bits):
 
 def _pact_mixture_bwd(bits, res, g):
   x, clips, theta = res
-  # The backward recomputes each copy from ``x``. ``xb`` has x's values (where g is NaN the term
-  # g * copy is NaN either way) but is an expression XLA cannot merge with the forward's copies,
-  # which would otherwise be kept alive from the forward to the backward.
-  xb = jnp.where(jnp.isnan(g), jnp.zeros_like(x), x)
+  xb = _unmerged(x, g)  # the backward recomputes each copy from x
   zero = jnp.zeros_like(g)
   gx = zero
   terms = []
@@ -270,7 +280,29 @@ def _pact_mixture_bwd(bits, res, g):
 _pact_mixture.defvjp(_pact_mixture_fwd, _pact_mixture_bwd)
 
 
-def pact_mixture(x: jax.Array, clips: jax.Array, theta: jax.Array, bits) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _pact_mixture_relu(x, clips, theta, bits):
+  return jax.nn.relu(_mixture_value(x, clips, theta, bits))
+
+
+def _pact_mixture_relu_fwd(x, clips, theta, bits):
+  return _pact_mixture_relu(x, clips, theta, bits), (x, clips, theta)
+
+
+def _pact_mixture_relu_bwd(bits, res, g):
+  x, clips, theta = res
+  # ReLU's mask (output > 0, as jax.nn.relu's derivative) from the mixture recomputed from x: the
+  # output itself then need not live until the backward. The mask is exact whatever the order of
+  # the sum: a sum of non-negative terms is > 0 iff one of them is.
+  y = _mixture_value(_unmerged(x, g), clips, theta, bits)
+  return _pact_mixture_bwd(bits, res, jnp.where(y > 0, g, jnp.zeros_like(g)))
+
+
+_pact_mixture_relu.defvjp(_pact_mixture_relu_fwd, _pact_mixture_relu_bwd)
+
+
+def pact_mixture(x: jax.Array, clips: jax.Array, theta: jax.Array, bits,
+                 relu: bool = False) -> jax.Array:
   """The theta-mixture of unsigned PACT copies, ``sum_j theta_j * pact(x, clips[j], bits[j])``.
 
   Same forward and gradients (to float32 rounding: the order of the sums may differ) as the sum of
@@ -285,6 +317,9 @@ def pact_mixture(x: jax.Array, clips: jax.Array, theta: jax.Array, bits) -> jax.
     clips: ``(J,)`` PACT clips, one per precision.
     theta: ``(J,)`` mixing coefficients.
     bits: the ``J`` bit-widths (static, each > 0).
+    relu: apply ``jax.nn.relu`` to the mixture (values unchanged, the mixture is >= 0; the gradient
+      is masked where it is 0), with ReLU's mask recomputed from ``x`` in the backward, so that
+      the output is not kept for it. Same as ``jax.nn.relu(pact_mixture(...))`` otherwise.
 
   Returns:
     The mixed quantized activations, same shape as ``x``.
@@ -300,7 +335,7 @@ def pact_mixture(x: jax.Array, clips: jax.Array, theta: jax.Array, bits) -> jax.
   if clips.shape != (len(bits),) or theta.shape != (len(bits),):
     raise ValueError(f"pact_mixture: clips {clips.shape} and theta {theta.shape} must both have "
                      f"shape ({len(bits)},) for bits {bits}")
-  return _pact_mixture(x, clips, theta, bits)
+  return (_pact_mixture_relu if relu else _pact_mixture)(x, clips, theta, bits)
 
 
 def quantize_bias(b: jax.Array, s_b: jax.Array) -> jax.Array:

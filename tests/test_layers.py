@@ -282,3 +282,24 @@ def test_conversion_compensates_weights():
   np.testing.assert_allclose(ratio, 1 / (1 - 0.15040), rtol=1e-4)  # (0,2,4,8): theta_0 = 0.1504
   # The classifier's set (2,4,8) has no 0 bit: no compensation.
   np.testing.assert_allclose(sv["params"]["out"]["kernel"], nc["params"]["out"]["kernel"])
+
+
+@pytest.mark.parametrize("name,shape", [("demo", (4, 8, 8, 1)), ("dscnn", (2, 49, 10, 1))])
+def test_fused_mixture_and_relu_match_the_copies(name, shape):
+  """A whole model in search mode, fused mixture (ReLU inside its VJP) vs the literal sum of PACT
+  copies followed by a separate ReLU: same loss and gradients up to float32 rounding."""
+  from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape)
+  grads = []
+  for how in ("fused", "copies"):
+    kw = dict(input_signed=True, input_precisions=(8,)) if name == "dscnn" else {}
+    model = get_model(name, jpq.SearchSpace(a_precisions=(2, 4, 8), activation_mixture=how, **kw))
+    v = model.init(jax.random.PRNGKey(1), x, jpq.Ctx.search())
+
+    def loss(params, arch, model=model):
+      out = model.apply({"params": params, "arch": arch}, x, jpq.Ctx.search(0.7, train=False))
+      return jnp.sum(jnp.sin(out.value))
+
+    grads.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v["params"], v["arch"]))
+  for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -172,3 +172,18 @@ def test_pact_mixture_one_hot_is_exactly_pact_under_jit():
   c0 = np.float32(4.64)
   k = np.float32(15.0) / (c0 + np.float32(quant.PACT_EPS))
   np.testing.assert_array_equal(fused, np.floor(k * np.clip(np.asarray(x), np.float32(0), c0)) / k)
+
+
+def test_pact_mixture_relu_is_relu_of_the_mixture():
+  x, r, clips, theta, bits = _mixture_case()
+  x = x.at[1, 0, 0, :2].set(jnp.asarray([0.004, 0.3]))  # q = 0 at every precision / only at 2 bits
+  f_sep = lambda x, c, t: jnp.sum(jax.nn.relu(_copies(x, c, t, bits)) * r)
+  f_fused = lambda x, c, t: jnp.sum(quant.pact_mixture(x, c, t, bits, relu=True) * r)
+  np.testing.assert_allclose(quant.pact_mixture(x, clips, theta, bits, relu=True),
+                             jax.nn.relu(_copies(x, clips, theta, bits)), rtol=2e-7, atol=2e-7)
+  for a, b in zip(jax.grad(f_fused, argnums=(0, 1, 2))(x, clips, theta),
+                  jax.grad(f_sep, argnums=(0, 1, 2))(x, clips, theta)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  # The ReLU blocks the gradient where every copy is 0 although PACT alone would pass it.
+  gx = jax.grad(f_fused)(x, clips, theta)
+  assert float(gx[1, 0, 0, 0]) == 0.0 and float(gx[1, 0, 0, 1]) != 0.0

@@ -28,16 +28,16 @@ class DemoNet(nn.Module):
   @nn.compact
   def __call__(self, x, ctx: Ctx) -> QTensor:
     sp, w = self.space, self.width
-    relu = lambda t: t.map(nn.relu)
     g1 = Group(w, sp, name="g_res")
     h = InputQuantizer(sp, name="input_q")(x, ctx)
-    h = relu(Conv(w, 3, g1, use_bias=False, use_bn=True, name="stem")(h, ctx))
-    y = relu(Conv(w, 3, Group(w, sp, name="g_block_a"), use_bias=False, use_bn=True,
-                  name="block_a")(h, ctx))
+    # relu=True: the ReLU that follows the output quantizer (see Group.quantize).
+    h = Conv(w, 3, g1, use_bias=False, use_bn=True, relu=True, name="stem")(h, ctx)
+    y = Conv(w, 3, Group(w, sp, name="g_block_a"), use_bias=False, use_bn=True, relu=True,
+             name="block_a")(h, ctx)
     y = Conv(w, 3, g1, use_bias=False, use_bn=True, name="block_b")(y, ctx)
-    h = relu(Add(g1, name="add")(h, y, ctx=ctx))
-    h = relu(Conv(2 * w, 3, Group(2 * w, sp, name="g_down"), strides=2, use_bias=False,
-                  use_bn=True, name="down")(h, ctx))
+    h = Add(g1, relu=True, name="add")(h, y, ctx=ctx)
+    h = Conv(2 * w, 3, Group(2 * w, sp, name="g_down"), strides=2, use_bias=False, use_bn=True,
+             relu=True, name="down")(h, ctx)
     h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
                  name="out")(h, ctx)

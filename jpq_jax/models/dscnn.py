@@ -45,15 +45,16 @@ class DSCNN(nn.Module):
     drop = lambda rate: ops.dropout(rate, deterministic=not ctx.train)
     h = InputQuantizer(sp, name="input_q")(x, ctx)
     g = Group(64, sp, name="g_inputlayer")
+    # relu=True: the ReLU that follows the output quantizer (see Group.quantize).
     h = Conv(64, (10, 4), g, strides=2, padding=((5, 5), (1, 1)), kernel_init=_torch_uniform(40),
-             name="inputlayer", **bn)(h, ctx)
-    h = h.map(nn.relu).map(drop(0.2))
+             relu=True, name="inputlayer", **bn)(h, ctx)
+    h = h.map(drop(0.2))
     for k in range(1, 5):
-      h = Conv(64, 3, g, padding=1, depthwise=True, kernel_init=_torch_uniform(9),
-               name=f"depthwise{k}", **bn)(h, ctx).map(nn.relu)
+      h = Conv(64, 3, g, padding=1, depthwise=True, kernel_init=_torch_uniform(9), relu=True,
+               name=f"depthwise{k}", **bn)(h, ctx)
       g = Group(64, sp, name=f"g_pointwise{k}")
-      h = Conv(64, 1, g, padding=0, kernel_init=_torch_uniform(64), name=f"pointwise{k}",
-               **bn)(h, ctx).map(nn.relu)
+      h = Conv(64, 1, g, padding=0, kernel_init=_torch_uniform(64), relu=True,
+               name=f"pointwise{k}", **bn)(h, ctx)
     h = h.map(drop(0.4))
     h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),

@@ -29,28 +29,29 @@ class ResNet18(nn.Module):
   def __call__(self, x, ctx: Ctx) -> QTensor:
     sp = self.space
 
-    def conv(f, k, g, name, s=1, pad=1):
+    def conv(f, k, g, name, s=1, pad=1, relu=False):
+      # relu=True: the ReLU that follows the output quantizer (see Group.quantize).
       return Conv(f, k, group=g, strides=s, padding=pad, use_bias=False, use_bn=True,
-                  kernel_init=_KAIMING_FAN_OUT, name=name)
+                  kernel_init=_KAIMING_FAN_OUT, name=name, relu=relu)
 
-    relu = lambda t: t.map(nn.relu)
     widths = (64, 128, 256, 512)
     stage_groups = [Group(w, sp, name=f"g_stage{i + 1}") for i, w in enumerate(widths)]
     h = InputQuantizer(sp, name="input_q")(x, ctx)
-    h = relu(conv(64, 3, stage_groups[0], "conv1")(h, ctx))
+    h = conv(64, 3, stage_groups[0], "conv1", relu=True)(h, ctx)
     cin = 64
     for si, w in enumerate(widths):
       g = stage_groups[si]
       for bi in range(2):
         stride = 2 if (si > 0 and bi == 0) else 1
         pre = f"bb_{si + 1}_{bi}"
-        y = relu(conv(w, 3, Group(w, sp, name=f"g_{pre}_conv1"), f"{pre}_conv1", s=stride)(h, ctx))
+        y = conv(w, 3, Group(w, sp, name=f"g_{pre}_conv1"), f"{pre}_conv1", s=stride,
+                 relu=True)(h, ctx)
         y = conv(w, 3, g, f"{pre}_conv2")(y, ctx)
         if stride != 1 or cin != w:
           sc = conv(w, 1, g, f"{pre}_downsample", s=stride, pad=0)(h, ctx)
         else:
           sc = h
-        h = relu(Add(g, name=f"{pre}_add")(y, sc, ctx=ctx))
+        h = Add(g, relu=True, name=f"{pre}_add")(y, sc, ctx=ctx)
         cin = w
     h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
