@@ -180,10 +180,11 @@ class SearchSpace:
     input_signed_clips: initial (inf, sup) clips of the signed input quantizer.
     activation_mixture: how the unsigned PACT mixture ``sum_j theta_j PACT_j(x)`` is computed:
       ``"fused"`` (default; :func:`jpq_jax.quant.pact_mixture`, one pass, only ``x`` kept for the
-      backward; a single precision still uses :func:`~jpq_jax.quant.pact`) or ``"copies"`` (a sum
-      of per-precision :func:`~jpq_jax.quant.pact` copies, the reference's literal form). Both give
-      the reference's values and gradients to float32 rounding; they differ in speed and memory
-      (benchmarks/step.py).
+      backward, with the layer's following ReLU inside; a single precision without a ReLU still
+      uses :func:`~jpq_jax.quant.pact`) or ``"copies"`` (a sum of per-precision
+      :func:`~jpq_jax.quant.pact` copies, the reference's literal form, and a separate ReLU). Both
+      give the reference's values and gradients to float32 rounding; they differ in speed and
+      memory (benchmarks/step.py).
   """
   w_precisions: Tuple[int, ...] = (0, 2, 4, 8)
   a_precisions: Tuple[int, ...] = (8,)
@@ -254,20 +255,21 @@ def _tracing_table(module: nn.Module) -> bool:
   return module.is_mutable_collection(TABLE_COLLECTION) and not module.is_initializing()
 
 
-def _fuses(bits: Tuple[int, ...], how: str) -> bool:
-  """Whether the fused mixture is used: ``how == "fused"`` and more than one precision.
+def _fuses(bits: Tuple[int, ...], how: str, relu: bool) -> bool:
+  """Whether the fused mixture is used: ``how == "fused"`` and several precisions or a ReLU.
 
-  A single precision always takes the copies form: with one copy there is nothing to fuse, and
-  recomputing it in the backward made the {8} step ~7% slower (benchmarks/step.py).
+  A single precision without a following ReLU takes the copies form: there is nothing to fuse, and
+  recomputing the copy in the backward made the {8} step ~7% slower. With the ReLU fused, a single
+  precision gains too: ReLU's mask no longer keeps the output alive (benchmarks/step.py).
   """
-  return how == "fused" and len(bits) > 1
+  return how == "fused" and (len(bits) > 1 or relu)
 
 
 def _pact_mix(x: jax.Array, clips: jax.Array, th: jax.Array, bits: Tuple[int, ...],
               how: str, relu: bool = False) -> jax.Array:
   """``sum_j th_j * pact(x, clips_j, bits_j)``: fused (one pass, optionally with the following ReLU,
   see :func:`jpq_jax.quant.pact_mixture`) or as a sum of copies (``relu`` must then be False)."""
-  if _fuses(bits, how):
+  if _fuses(bits, how, relu):
     return quant.pact_mixture(x, clips, th, bits, relu=relu)
   assert not relu, "the copies form applies the ReLU as a separate op"
   y = jnp.zeros_like(x)
@@ -443,7 +445,7 @@ class Group(nn.Module):
     clips = self._clips()
     th = self.theta_a(ctx)
     # While a graph is recorded (export), the ReLU stays a separate, recorded op.
-    fuse_relu = (relu and _fuses(self.abits, self.space.activation_mixture)
+    fuse_relu = (relu and _fuses(self.abits, self.space.activation_mixture, relu)
                  and GRAPH_RECORDER.get() is None)
     y = _pact_mix(z, clips, th, self.abits, self.space.activation_mixture, relu=fuse_relu)
     s_a = jnp.zeros((), z.dtype)

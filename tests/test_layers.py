@@ -284,8 +284,10 @@ def test_conversion_compensates_weights():
   np.testing.assert_allclose(sv["params"]["out"]["kernel"], nc["params"]["out"]["kernel"])
 
 
-@pytest.mark.parametrize("name,shape", [("demo", (4, 8, 8, 1)), ("dscnn", (2, 49, 10, 1))])
-def test_fused_mixture_and_relu_match_the_copies(name, shape):
+@pytest.mark.parametrize("name,shape,abits", [("demo", (4, 8, 8, 1), (2, 4, 8)),
+                                               ("demo", (4, 8, 8, 1), (8,)),
+                                               ("dscnn", (2, 49, 10, 1), (2, 4, 8))])
+def test_fused_mixture_and_relu_match_the_copies(name, shape, abits):
   """A whole model in search mode, fused mixture (ReLU inside its VJP) vs the literal sum of PACT
   copies followed by a separate ReLU: same loss and gradients up to float32 rounding."""
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
@@ -293,7 +295,7 @@ def test_fused_mixture_and_relu_match_the_copies(name, shape):
   grads = []
   for how in ("fused", "copies"):
     kw = dict(input_signed=True, input_precisions=(8,)) if name == "dscnn" else {}
-    model = get_model(name, jpq.SearchSpace(a_precisions=(2, 4, 8), activation_mixture=how, **kw))
+    model = get_model(name, jpq.SearchSpace(a_precisions=abits, activation_mixture=how, **kw))
     v = model.init(jax.random.PRNGKey(1), x, jpq.Ctx.search())
 
     def loss(params, arch, model=model):
