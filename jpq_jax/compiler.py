@@ -6,9 +6,9 @@ materialised inputs: every elementwise expression feeding a reduction (the activ
 is written out to a full-size buffer first. Restricting YNNPACK to dots
 (``xla_cpu_experimental_ynn_fusion_type``) lets XLA's own reduction emitter fuse those inputs.
 Measured on a 2-core CPU (``benchmarks/step.py``, ResNet-8, batch 32): with the fused mixture the
-search step with activations {2,4,8} needs 37 MB and ~55 ms (71 MB and ~70 ms as a sum of copies
-with XLA's defaults; the fused mixture alone, with the defaults, 104 MB), the float step 24 MB
-instead of 34 MB at about the same speed. Other backends get no options.
+search step with activations {2,4,8} needs 28.5 MB and ~49 ms (71 MB and ~70 ms as a sum of copies
+with XLA's defaults; the fused mixture with XLA's defaults 104 MB), the float step 24 MB instead of
+34 MB at about the same speed. Other backends get no options.
 
 The options change only how XLA schedules and fuses the computation, not what it computes; sums may
 be ordered differently (float32 rounding).
