@@ -141,7 +141,8 @@ def all8_costs(cfg) -> Dict[str, float]:
 
 
 def run_configs(bench: str, protocol: str, data_dir: str,
-                extra_runs: Sequence[str] = (), xla_options: str = "auto") -> Dict[str, object]:
+                extra_runs: Sequence[str] = (), xla_options: str = "auto",
+                activation_mixture: str = "fused") -> Dict[str, object]:
   """The config of every run of ``bench`` under ``protocol`` (``full``, ``cpu`` or ``smoke``).
 
   Args:
@@ -151,6 +152,8 @@ def run_configs(bench: str, protocol: str, data_dir: str,
     extra_runs: runs of the full protocol to add to a reduced one (e.g. ``joint_mpic``).
     xla_options: ``sweep.xla_options`` of every run (``auto`` or ``default``, see
       :mod:`jpq_jax.compiler`).
+    activation_mixture: ``model.activation_mixture`` of every run (``fused`` or ``copies``, see
+      :class:`jpq_jax.SearchSpace`).
 
   Returns:
     ``{run name: config}``.
@@ -166,6 +169,7 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   if data_dir:
     base.data.data_dir = data_dir
   base.sweep.xla_options = xla_options
+  base.model.activation_mixture = activation_mixture
   prot = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(protocol)
   runs = FULL_RUNS if prot is None else tuple(prot["runs"]) + tuple(
       r for r in extra_runs if r not in prot["runs"])
@@ -223,6 +227,10 @@ def main(argv=None) -> int:
   ap.add_argument("--xla-options", choices=("auto", "default"), default="auto",
                   help="XLA options of the compiled steps (sweep.xla_options; 'default' = XLA's "
                        "own, the code path of results produced before jpq's options)")
+  ap.add_argument("--activation-mixture", choices=("fused", "copies"), default="fused",
+                  help="model.activation_mixture of every run ('copies': the literal sum of PACT "
+                       "copies and a separate ReLU, the code path of results produced before the "
+                       "fused mixture)")
   args = ap.parse_args(argv)
   from jpq_jax import compare, sweep  # pylint: disable=import-outside-toplevel
   wd = args.workdir or os.path.join("runs", f"bench_{args.bench}_{args.protocol}")
@@ -230,7 +238,7 @@ def main(argv=None) -> int:
   keep = [r for r in args.runs.split(",") if r]
   try:
     cfgs = run_configs(args.bench, args.protocol, args.data_dir, extra_runs=keep,
-                       xla_options=args.xla_options)
+                       xla_options=args.xla_options, activation_mixture=args.activation_mixture)
   except ValueError as e:
     ap.error(str(e))
   if keep:

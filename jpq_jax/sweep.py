@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="resnet8", w_precisions=(0, 2, 4, 8), a_precisions=(8,), input_precisions=(),
       granularity="channel", clip_init=6.0, input_clip_init=1.0, input_signed=False,
-      input_signed_clips=(-6.0, 6.0)))
+      input_signed_clips=(-6.0, 6.0), activation_mixture="fused"))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, eval_batch_size=256, monitor="acc", patience=50, earlystop_start=20,
       class_weights=False, label_smoothing=0.0))
@@ -192,11 +192,12 @@ def _space(cfg) -> SearchSpace:
                        input_precisions=inp, granularity=m["granularity"],
                        clip_init=float(m["clip_init"]), input_clip_init=float(m["input_clip_init"]),
                        input_signed=bool(m["input_signed"]),
-                       input_signed_clips=tuple(m["input_signed_clips"]))
+                       input_signed_clips=tuple(m["input_signed_clips"]),
+                       activation_mixture=m.get("activation_mixture", "fused"))
   except ValueError as e:
     field = "model"
     for f in ("w_precisions", "a_precisions", "input_precisions", "granularity", "clip",
-              "input_signed_clips"):
+              "input_signed_clips", "activation_mixture"):
       if f in str(e):
         field = f"model.{f}" if f != "clip" else "model.clip_init"
         break
@@ -375,8 +376,10 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
         old = json.load(f).get("config", {})
       new = json.loads(cfg.to_json_best_effort())
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
-      # differs between the processes of one run).
+      # differs between the processes of one run); the strategy, the XLA options and the form of
+      # the activation mixture change only float32 rounding.
       diff = _first_diff(old, new, ignore=("sweep.strategy", "sweep.xla_options",
+                                           "model.activation_mixture",
                                            "sweep.async_checkpoint",
                                            "sweep.checkpoint_keep", "debug", "distributed"))
       if diff is not None:

@@ -45,10 +45,11 @@ def test_cpu_protocol_runs_and_settings(rb):
   assert {c.sweep.xla_options for c in cfgs.values()} == {"auto"}
 
 
-def test_xla_options_reach_every_run(rb):
+def test_code_path_options_reach_every_run(rb):
   cfgs = rb.run_configs("cifar10_resnet8", "cpu", "", extra_runs=("joint_mpic",),
-                        xla_options="default")
+                        xla_options="default", activation_mixture="copies")
   assert {c.sweep.xla_options for c in cfgs.values()} == {"default"}
+  assert {c.model.activation_mixture for c in cfgs.values()} == {"copies"}
 
 
 def test_hardware_runs_rescale_lambdas(rb):

@@ -88,6 +88,7 @@ CLI_ROWS = [
     ("precision out of range", _sweep("model.w_precisions=0,2,64"), "unknown precision 64"),
     ("0-bit activations", _sweep("model.a_precisions=0,8"), "model.a_precisions"),
     ("unknown granularity", _sweep("model.granularity=block"), "model.granularity"),
+    ("unknown mixture", _sweep("model.activation_mixture=lazy"), "model.activation_mixture"),
     # cost names
     ("unknown search cost", _sweep("search.cost=energy"), "search.cost"),
     ("unknown pareto cost", _sweep("sweep.pareto_cost=latency"), "sweep.pareto_cost"),
