@@ -22,6 +22,6 @@ timeout 200 python benchmarks/step.py --batches 32 128 --repeats 7 --out "$OUT/s
   | tee "$OUT/step.txt"
 # Member throughput of the sweep strategies, N up to 64 (target: N=64 >= 20x N=1); one subprocess
 # per point (its own peak memory); the Python loop only up to N=8 (its time grows with N).
-timeout 220 python benchmarks/sweep.py --model resnet8 --members 1,4,16,64 --loop-max 4 \
+timeout 220 python benchmarks/sweep.py --model resnet8 --members 1,4,16,64 --loop-max 4 --strategies loop,vmap \
   --steps 5 --repeats 3 --out "$OUT/sweep.json" | tee "$OUT/sweep.txt"
 echo "results in $OUT"

@@ -9,6 +9,11 @@ a fresh subprocess so that its peak memory is its own, and reports:
   of ``--steps`` steps; member-images/s = N * batch / step time;
 * the ratio to ``loop`` at the same N (the baseline the issue names), and which strategy the
   driver's ``auto`` picks on this backend (``sweep.choose_strategy``);
+* ``bound`` (not a strategy: a reference row): ONE member at batch N * batch, i.e. the same images
+  per step as N members in one program, with no per-member weights, no grouped convolutions and no
+  member-axis transposes. It bounds what any program that batches the members' work together can
+  reach on this machine; where it is below the loop (CPU caches favour the small working set of one
+  member at a time), no vmap-like formulation can beat the loop;
 * recompiles: the step is called with new lambdas, temperatures and learning-rate factors (what
   changes across members and epochs) and its traces are counted: must stay at 1;
 * peak resident memory of the subprocess (``ru_maxrss``: XLA's buffers live outside the Python
@@ -60,6 +65,11 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
   from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
 
+  row = {"model": model_name, "members": n, "strategy": strategy, "batch": batch, "xla": xla,
+         "budget_mb": _budget_mb(n)}
+  images = n * batch  # images per step across the members
+  if strategy == "bound":  # one member over all N * batch images (see the module docstring)
+    n, batch, strategy = 1, n * batch, "loop"
   model = get_model(model_name, num_classes=10)
   shape = SHAPES[model_name]
   x = np.random.RandomState(0).rand(batch, *shape).astype(np.float32)
@@ -107,12 +117,12 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
     dev_peak = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
   except Exception:  # pylint: disable=broad-except
     pass
-  return {"model": model_name, "members": n, "strategy": strategy, "batch": batch, "xla": xla,
+  return {**row,
           "device_peak_mb": dev_peak / 2**20 if dev_peak else None,
           "compile_s": compile_s, "step_ms": 1e3 * dt, "step_ms_all": [1e3 * t for t in times],
-          "member_images_per_s": n * batch / dt, "recompiles": recompiles,
+          "member_images_per_s": images / dt, "recompiles": recompiles,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-          "budget_mb": _budget_mb(n), "devices": len(jax.devices())}
+          "devices": len(jax.devices())}
 
 
 def _child(args, n, strategy):
@@ -129,7 +139,8 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--model", default="resnet8", choices=sorted(SHAPES))
   ap.add_argument("--members", default="1,2,4,8,16")
-  ap.add_argument("--strategies", default="", help="default: loop,vmap (+sharded with >1 device)")
+  ap.add_argument("--strategies", default="",
+                  help="default: loop,vmap (+sharded with >1 device),bound")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
   ap.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
@@ -153,7 +164,7 @@ def main():
   if args.quick:
     args.members, args.repeats = "1,2,4", 2
   strategies = (args.strategies.split(",") if args.strategies else
-                ["loop", "vmap"] + (["sharded"] if jax.device_count() > 1 else []))
+                ["loop", "vmap"] + (["sharded"] if jax.device_count() > 1 else []) + ["bound"])
   auto = choose_strategy("auto")
   rows = []
   hdr = (f"{'N':>3} {'strategy':<8} {'compile s':>9} {'step ms':>9} {'member-img/s':>13} "
@@ -187,7 +198,8 @@ def main():
             f"{r['member_images_per_s']:>13.0f} {r['speedup_vs_loop'] or nan:>8.2f} "
             f"{r['vs_n1'] or nan:>6.2f} {r['recompiles']:>10} {r['peak_rss_mb']:>8.0f} "
             f"{r['budget_mb']:>9.0f} {r['device_peak_mb'] or nan:>8.0f}", flush=True)
-  print("* = the strategy the driver's 'auto' picks on this backend")
+  print("* = the strategy the driver's 'auto' picks on this backend; bound = one member at batch "
+        "N x batch (what a program batching the members' work can reach at best)")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
