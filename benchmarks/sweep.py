@@ -50,11 +50,20 @@ def _budget_mb(n: int) -> float:
   return (1.5 + 0.25 * n) * 1024
 
 
-def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repeats: int,
-            xla: str = "auto") -> dict:
-  """One (N, strategy) measurement in this process (run it in a fresh subprocess)."""
-  import resource  # pylint: disable=import-outside-toplevel
+def build(model_name: str, n: int, strategy: str, batch: int, xla: str = "auto"):
+  """The executor of ``strategy`` for ``n`` ResNet-8-style search members, and its step arguments.
 
+  Args:
+    model_name: a key of :data:`SHAPES`.
+    n: members.
+    strategy: ``loop``, ``vmap`` or ``sharded`` (``bound`` is resolved by :func:`measure`).
+    batch: images per member and step.
+    xla: XLA options setting (:func:`jpq_jax.compiler_options`).
+
+  Returns:
+    ``(executor, args, traces)``: ``executor.train_step(*args)`` runs one step of every member
+    (lambdas, lr factor, poison as the driver passes them); ``traces`` grows by one per trace.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -65,11 +74,6 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
   from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
 
-  row = {"model": model_name, "members": n, "strategy": strategy, "batch": batch, "xla": xla,
-         "budget_mb": _budget_mb(n)}
-  images = n * batch  # images per step across the members
-  if strategy == "bound":  # one member over all N * batch images (see the module docstring)
-    n, batch, strategy = 1, n * batch, "loop"
   model = get_model(model_name, num_classes=10)
   shape = SHAPES[model_name]
   x = np.random.RandomState(0).rand(batch, *shape).astype(np.float32)
@@ -91,9 +95,24 @@ def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repe
   states = [T.init_state("search", sv, tx, key=jax.random.PRNGKey(k), lam=1e-6) for k in range(n)]
   ex = sweep.make_executor(strategy, step, ev, end, n, compiler_options=compiler_options(xla))
   ex.set_states(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states))
-  del states
   lams = np.geomspace(1e-7, 1e-5, n).astype(np.float32)
-  zero = np.zeros((n,), np.float32)
+  return ex, (x, y, lams, np.float32(1), np.zeros((n,), np.float32)), traces
+
+
+def measure(model_name: str, n: int, strategy: str, batch: int, steps: int, repeats: int,
+            xla: str = "auto") -> dict:
+  """One (N, strategy) measurement in this process (run it in a fresh subprocess)."""
+  import resource  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  row = {"model": model_name, "members": n, "strategy": strategy, "batch": batch, "xla": xla,
+         "budget_mb": _budget_mb(n)}
+  images = n * batch  # images per step across the members
+  if strategy == "bound":  # one member over all N * batch images (see the module docstring)
+    n, batch, strategy = 1, n * batch, "loop"
+  ex, (x, y, lams, _, zero), traces = build(model_name, n, strategy, batch, xla)
   t0 = time.perf_counter()
   jax.block_until_ready(ex.train_step(x, y, lams, np.float32(1), zero))
   compile_s = time.perf_counter() - t0
