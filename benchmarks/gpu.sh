@@ -10,7 +10,7 @@
 # a machine with a package registry), else from the registry, else the script stops and names it.
 # When $OUT is set (a lent device machine), the results are copied there as well.
 #
-# Budget: the benchmarks are capped at 7 minutes (timeouts below) on one recent NVIDIA GPU.
+# Budget: the benchmarks are capped at 8.5 minutes (timeouts below) on one recent NVIDIA GPU.
 #
 # GPU_SH_DRY=1 runs the same pipeline in a couple of minutes on any backend (CPU included) with tiny
 # settings, to check the script itself before spending accelerator time on it.
@@ -50,6 +50,7 @@ fi
   | tee "$OUT_DIR/device.txt"
 if [ "${GPU_SH_DRY:-0}" = 1 ]; then
   STEP_ARGS=(--batches 8 --repeats 2 --no-copies); SWEEP_ARGS=(--model demo --members 1,2 --steps 2 --repeats 2)
+  PROFILE_ARGS=(--model demo --members 2 --strategy vmap --steps 2)
 else
   if ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"; then
     echo "gpu.sh: JAX sees no GPU here (GPU_SH_DRY=1 checks the script on any backend)" >&2
@@ -61,6 +62,8 @@ else
   # Member throughput of loop and vmap, N up to 64 (target: N = 64 >= 20x N = 1); one subprocess
   # per point (its own peak memory); the Python loop only up to N = 4 (its time grows with N).
   SWEEP_ARGS=(--model resnet8 --members 1,4,16,64 --loop-max 4 --strategies loop,vmap --steps 5 --repeats 3)
+  # Where the vmapped step's time goes on the GPU (kernels by group), N = 64.
+  PROFILE_ARGS=(--members 64 --strategy vmap --steps 3)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$OUT_DIR/device.txt" || true
 set +e
@@ -68,6 +71,8 @@ timeout 200 "$PY" benchmarks/step.py "${STEP_ARGS[@]}" --out "$OUT_DIR/step.json
 STEP_RC=${PIPESTATUS[0]}
 timeout 220 "$PY" benchmarks/sweep.py "${SWEEP_ARGS[@]}" --out "$OUT_DIR/sweep.json" 2>&1 | tee "$OUT_DIR/sweep.txt"
 SWEEP_RC=${PIPESTATUS[0]}
+timeout 90 "$PY" benchmarks/profile_step.py "${PROFILE_ARGS[@]}" --out "$OUT_DIR/profile.json" 2>&1 \
+  | tee "$OUT_DIR/profile.txt"   # informative only: its exit status does not fail the run
 set -e
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
   cp "$OUT_DIR"/* "$OUT"/
