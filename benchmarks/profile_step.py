@@ -71,7 +71,8 @@ def _op_events(trace: dict) -> list:
     name = e["name"]
     # Host-side: XLA:CPU thunks are named after their HLO instructions; the runtime's own events
     # (C++ scopes, Python frames, executable launches) are not operations.
-    if name.startswith("$") or "::" in name or name.startswith(("Pjit", "ParseArguments", "H2D", "DevicePut")):
+    if (name.startswith("$") or "::" in name
+        or name.startswith(("Pjit", "ParseArguments", "H2D", "DevicePut"))):
       continue
     out.append(e)
   return out
