@@ -113,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
     debug: ``nan_member``/``nan_epoch`` (force a NaN loss in one member, fault-isolation tests),
       ``max_steps_per_epoch`` (0 = all), ``kill_at`` (preemption tests: the process SIGKILLs
       itself at ``<phase>:<epoch>:<when>``; see :func:`kill_point`).
+
+  Returns:
+    A new :class:`ml_collections.ConfigDict` (override fields, then check it with
+    :func:`validate_config`).
   """
   c = ml_collections.ConfigDict()
   c.name = "sweep"
@@ -159,7 +163,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def demo_config() -> ml_collections.ConfigDict:
-  """The quick demo: DemoNet on the built-in 8x8 digits, 8 lambdas, a few minutes on a laptop CPU."""
+  """The quick demo: DemoNet on the built-in 8x8 digits, 8 lambdas, a few minutes on a laptop CPU.
+
+  Returns:
+    A new :class:`ml_collections.ConfigDict`: :func:`base_config` with the demo's fields.
+  """
   c = base_config()
   c.name = "demo"
   c.data.name = "demo"
