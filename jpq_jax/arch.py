@@ -34,7 +34,19 @@ class GroupTheta:
 
 
 def get_path(tree: Mapping, path) -> Any:
-  """``tree[p0][p1]...`` for a module path; KeyError names the missing path."""
+  """``tree[p0][p1]...`` for a module path; KeyError names the missing path.
+
+  Args:
+    tree: nested mapping (e.g. a Flax variable collection).
+    path: sequence of string keys ``(p0, p1, ...)`` from the root down.
+
+  Returns:
+    The node found at ``path`` (the tree itself for an empty path).
+
+  Raises:
+    KeyError: some key on the path is missing, or a node on the way is not indexable; the message
+      names the full path joined with ``/``.
+  """
   node = tree
   for p in path:
     try:
@@ -45,7 +57,16 @@ def get_path(tree: Mapping, path) -> Any:
 
 
 def set_path(tree: dict, path, value) -> None:
-  """Set ``tree[p0][p1]... = value``, creating dicts on the way."""
+  """Set ``tree[p0][p1]... = value``, creating dicts on the way.
+
+  Args:
+    tree: nested dict, modified in place.
+    path: non-empty sequence of keys ``(p0, p1, ...)``; missing intermediate keys get empty dicts.
+    value: what to store at the last key (replacing any existing entry).
+
+  Returns:
+    None; ``tree`` is updated in place.
+  """
   node = tree
   for p in path[:-1]:
     node = node.setdefault(p, {})

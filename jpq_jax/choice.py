@@ -92,32 +92,77 @@ def init_logits(precisions: Sequence[int], channels: Optional[int] = None) -> ja
 
 
 def argmax_onehot(theta_soft: jax.Array) -> jax.Array:
-  """One-hot of the argmax along axis 0 with a straight-through (identity) gradient."""
+  """One-hot of the argmax along axis 0 with a straight-through (identity) gradient.
+
+  Args:
+    theta_soft: soft coefficients over the precision axis (axis 0), shape ``(n,)`` or ``(n, ...)``.
+
+  Returns:
+    Array of the shape and dtype of ``theta_soft``: forward, the one-hot of the argmax along axis 0
+    (the first index on ties); backward, the gradient passes unchanged to ``theta_soft``.
+  """
   idx = jnp.argmax(theta_soft, axis=0)
   onehot = jax.nn.one_hot(idx, theta_soft.shape[0], axis=0, dtype=theta_soft.dtype)
   return theta_soft + jax.lax.stop_gradient(onehot - theta_soft)
 
 
 def group_key(key: jax.Array, group_name: str) -> jax.Array:
-  """Deterministic per-group PRNG key: every layer of a group sees the same Gumbel sample."""
+  """Deterministic per-group PRNG key: every layer of a group sees the same Gumbel sample.
+
+  Args:
+    key: base PRNG key.
+    group_name: name folded into ``key`` (through its CRC-32, masked to 31 bits).
+
+  Returns:
+    ``jax.random.fold_in(key, crc32(group_name) & 0x7FFFFFFF)``, a PRNG key.
+  """
   return jax.random.fold_in(key, zlib.crc32(group_name.encode()) & 0x7FFFFFFF)
 
 
 def weight_key(key: Optional[jax.Array], group_name: str) -> Optional[jax.Array]:
-  """Key of a group's weight-choice sample (None without a key). The layers and
-  :func:`jpq_jax.thetas` both derive it here, so the costs see the sample the forward used."""
+  """Key of a group's weight-choice sample (None without a key).
+
+  The layers and :func:`jpq_jax.thetas` both derive it here, so the costs see the sample the
+  forward used.
+
+  Args:
+    key: base PRNG key, or None.
+    group_name: the sharing group's name.
+
+  Returns:
+    ``group_key(key, group_name)``, or None when ``key`` is None.
+  """
   return group_key(key, group_name) if key is not None else None
 
 
 def activation_key(key: Optional[jax.Array], group_name: str, is_input: bool) -> Optional[jax.Array]:
-  """Key of a group's activation-choice sample; the input quantizer has only this one choice."""
+  """Key of a group's activation-choice sample; the input quantizer has only this one choice.
+
+  Args:
+    key: base PRNG key, or None.
+    group_name: the sharing group's name.
+    is_input: whether the group is the input quantizer's; its key is derived from ``group_name``
+      itself (it has no weight choice), any other group's from ``group_name + "/a"``.
+
+  Returns:
+    The derived PRNG key, or None when ``key`` is None.
+  """
   if key is None:
     return None
   return group_key(key, group_name if is_input else group_name + "/a")
 
 
 def onehot_from_bits(bits: jax.Array, precisions: Sequence[int]) -> jax.Array:
-  """theta ``(n, ...)`` of a frozen choice: ``theta[i] = (bits == precisions[i])`` (float32)."""
+  """theta ``(n, ...)`` of a frozen choice: ``theta[i] = (bits == precisions[i])`` (float32).
+
+  Args:
+    bits: chosen bit-width(s), a scalar or an array (e.g. one per channel); cast to int32.
+    precisions: the group's precision set, ``n`` bit-widths in logit-row order.
+
+  Returns:
+    float32 array of shape ``(n,) + bits.shape``; a column whose ``bits`` is not in ``precisions``
+    is all zeros (not checked).
+  """
   bits = jnp.asarray(bits, jnp.int32)
   p = jnp.asarray(precisions, jnp.int32).reshape((-1,) + (1,) * bits.ndim)
   return (bits[None] == p).astype(jnp.float32)

@@ -230,6 +230,14 @@ def describe(fn: Callable) -> Optional[Op]:
 def from_descriptor(d: dict) -> Op:
   """Inverse of :meth:`Op.descriptor`.
 
+  Args:
+    d: a descriptor dict, as :meth:`Op.descriptor` writes it: ``{"op": kind}``, plus ``window``,
+      ``strides`` and ``padding`` for ``avg_pool``/``max_pool`` (a padding string is upper-cased,
+      pairs become tuples of ints), or ``rate`` and ``deterministic`` for ``dropout``.
+
+  Returns:
+    The equivalent :class:`Op`.
+
   Raises:
     ValueError: unknown op.
   """

@@ -213,7 +213,15 @@ def _space(cfg) -> SearchSpace:
 
 
 def members_of(cfg) -> List[Dict[str, Any]]:
-  """The members of a sweep: every (lambda, seed) pair, lambda-major."""
+  """The members of a sweep: every (lambda, seed) pair, lambda-major.
+
+  Args:
+    cfg: a sweep config (dict or ConfigDict) with ``sweep.lambdas`` and ``sweep.seeds``.
+
+  Returns:
+    A list of ``len(lambdas) * len(seeds)`` dicts ``{'lam': float, 'seed': int}``, the seeds of
+    the first lambda first.
+  """
   return [{"lam": float(l), "seed": int(s)} for l in cfg["sweep"]["lambdas"]
           for s in cfg["sweep"]["seeds"]]
 
@@ -415,7 +423,21 @@ def _first_diff(a, b, prefix="", ignore=()) -> Optional[str]:
 
 # ---- data and model --------------------------------------------------------------------------------------
 def load_dataset(cfg):
-  """The dataset of ``cfg`` through :func:`jpq_jax.data.load`."""
+  """The dataset of ``cfg`` through :func:`jpq_jax.data.load`.
+
+  Args:
+    cfg: a sweep config (dict or ConfigDict): ``data.name``, ``data.data_dir`` (empty: None),
+      ``data.options`` (keyword options of the dataset) and ``seed`` (split and subset seed).
+
+  Returns:
+    The :class:`jpq_jax.data.Dataset`.
+
+  Raises:
+    ValueError: unknown dataset name.
+    TypeError: an option the dataset does not take.
+    jpq_jax.data.DatasetNotFoundError: the data is not present; the message says how to get it.
+    jpq_jax.data.DataError: malformed data.
+  """
   # Imported lazily: the data package pulls in tensorflow-datasets, which the library does not need.
   from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   opts = dict(cfg["data"].get("options") or {})
@@ -431,8 +453,18 @@ def _loader_cls():
 def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):
   """The model, its layer table and a sample input (batch 1) of a sweep config (dict or ConfigDict).
 
+  Args:
+    cfg: a sweep config; its ``model`` section gives the model name and the search space.
+    num_classes: classifier outputs.
+    input_shape: shape of one input example, without the batch axis.
+
   Returns:
-    ``(model, table, sample)``.
+    ``(model, table, sample)``: the Flax module, its :class:`jpq_jax.table.LayerTable` and a
+    float32 array of zeros of shape ``(1, *input_shape)``.
+
+  Raises:
+    ConfigError: an invalid search space in the ``model`` section (names the field).
+    ValueError: unknown model name.
   """
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
   model = get_model(cfg["model"]["name"], _space(cfg), int(num_classes))
@@ -441,7 +473,17 @@ def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):
 
 
 def fixed_variables_template(model, sample, n_members: int):
-  """Abstract ``{'params', 'precision'}`` of ``n_members`` stacked fixed-mode members."""
+  """Abstract ``{'params', 'precision'}`` of ``n_members`` stacked fixed-mode members.
+
+  Args:
+    model: the Flax model.
+    sample: an input batch for the model (e.g. the ``sample`` of :func:`build_model_from_config`).
+    n_members: number of stacked members (size of the leading axis).
+
+  Returns:
+    A ``{'params', 'precision'}`` tree of ``jax.ShapeDtypeStruct`` (nothing is computed), each
+    leaf with a leading ``(n_members,)`` axis.
+  """
   v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.fixed()), sample)
   v = {k: v[k] for k in ("params", "precision")}
   return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_members,) + s.shape, s.dtype), v)
@@ -701,7 +743,19 @@ def choose_strategy(requested: str, n_devices: Optional[int] = None,
 
 
 def make_mesh(n_members: int, data_devices: int = 1):
-  """A ``('member', 'data')`` mesh over every device."""
+  """A ``('member', 'data')`` mesh over every device.
+
+  Args:
+    n_members: number of members (not used: the mesh spans every device whatever the count).
+    data_devices: size of the ``data`` axis; the ``member`` axis gets the other factor of the
+      device count.
+
+  Returns:
+    A ``jax.sharding.Mesh`` of shape ``(device_count // data_devices, data_devices)``.
+
+  Raises:
+    ValueError: the device count is not a multiple of ``data_devices`` (from the reshape).
+  """
   devs = np.asarray(jax.devices())
   return jax.sharding.Mesh(devs.reshape(len(devs) // data_devices, data_devices),
                            ("member", "data"))
@@ -747,6 +801,12 @@ def kill_point(cfg, phase: str, epoch: int, when: str) -> None:
   initial state), ``when`` one of :data:`KILL_WHEN` (``during_save``: the asynchronous write has
   started and is not committed yet). ``<phase>:<e>:step<i>`` kills before training step ``i`` of
   epoch ``e`` (both 0-based).
+
+  Args:
+    cfg: the sweep config (a ConfigDict); ``cfg.debug.kill_at`` empty or unset: never kill.
+    phase: the current phase.
+    epoch: the epoch count (see above).
+    when: one of :data:`KILL_WHEN`, or ``step<i>``.
   """
   want = str(cfg.debug.get("kill_at", "") or "")
   if want and want == f"{phase}:{epoch}:{when}":
@@ -1656,6 +1716,10 @@ def init_distributed(config: ml_collections.ConfigDict) -> None:
   Must run before anything touches a JAX backend (``jax.devices()``, ``jax.process_count()``, any
   computation): that is why the check below is ``is_initialized`` and not ``process_count``. Empty
   or zero fields are left to JAX's auto-detection (SLURM, Cloud TPU, ...).
+
+  Args:
+    config: a sweep config; its ``distributed`` section gives ``coordinator_address``,
+      ``num_processes``, ``process_id`` and (optional) ``coordinator_bind_address``.
 
   Raises:
     ConfigError: ``process_id`` outside ``[0, num_processes)``.

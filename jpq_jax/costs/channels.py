@@ -129,8 +129,19 @@ def check_theta(table: LayerTable, theta: Mapping) -> None:
   Shapes are checked on the unbatched (per-member) arrays, so call it inside ``vmap`` or on one
   member; it only looks at static shapes and is free under ``jit``.
 
+  Args:
+    table: the model's :class:`LayerTable`.
+    theta: ``{group name: GroupTheta}`` (e.g. from :func:`jpq_jax.thetas`). Every group needs an
+      entry; every non-input group needs ``.w`` of shape ``(len(w_precisions), channels)``; ``.a``,
+      when present on a group with activation precisions, must have shape ``(len(a_precisions),)``
+      (a missing ``.a`` is not an error).
+
+  Returns:
+    None when ``theta`` is valid.
+
   Raises:
-    ValueError: a group is missing or has a theta of the wrong shape.
+    ValueError: a group is missing or has a theta of the wrong shape (or a non-input group has no
+      ``.w``).
   """
   for g in table.groups:
     if g.name not in theta:

@@ -203,8 +203,16 @@ def register_lut_cost(name: str, lut: hardware.LutLike, *, mode: str = "throughp
 def unregister_cost(name: str) -> None:
   """Remove a registered model (mainly for tests).
 
+  Built-in models can be removed too; :class:`CostModel` objects already obtained stay usable.
+
+  Args:
+    name: registry name of the model to remove.
+
+  Returns:
+    None.
+
   Raises:
-    KeyError: unknown name.
+    KeyError: unknown name; the message lists the registered names.
   """
   _get_model(name)
   del _REGISTRY[name]
@@ -277,8 +285,14 @@ def list_costs() -> List[str]:
 def cost_unit(name: str) -> str:
   """Unit of cost ``name`` (e.g. ``"bits"``).
 
+  Args:
+    name: a registered cost name (see :func:`list_costs`).
+
+  Returns:
+    The model's unit string, e.g. ``"bits"``, ``"cycles"``, ``"J"``.
+
   Raises:
-    KeyError: unknown name.
+    KeyError: unknown name; the message lists the registered names.
   """
   return _get_model(name).unit
 
