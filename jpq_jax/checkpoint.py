@@ -58,7 +58,16 @@ class CheckpointCorruptError(ValueError):
 
 # ---- structure signatures -------------------------------------------------------------------------------
 def tree_signature(tree: Any) -> Dict[str, List[Any]]:
-  """``{key path: [shape, dtype]}`` of every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``)."""
+  """``{key path: [shape, dtype]}`` of every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``).
+
+  Args:
+    tree: pytree whose leaves are arrays, ``jax.ShapeDtypeStruct``s or values that
+      ``np.asarray`` accepts.
+
+  Returns:
+    Dict from each leaf's key path (``jax.tree_util.keystr``) to ``[shape as a list of ints, dtype
+    name]``, e.g. ``{"['params']['w']": [[3, 8], 'float32']}``; JSON-serialisable.
+  """
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
@@ -125,6 +134,16 @@ def write_manifest(directory: str, extra: Optional[Mapping[str, Any]] = None) ->
   """Write ``jpq_manifest.json`` (size and CRC-32 of every file) into a completed checkpoint.
 
   Written atomically (temporary file + rename), so a manifest is either absent or whole.
+
+  Args:
+    directory: the checkpoint directory; every file under it (recursively) is listed by its
+      relative path, except the manifest itself and its temporary files.
+    extra: optional additional top-level entries of the manifest (e.g. ``{"step": 3}`` or
+      ``{"tree": tree_signature(...)}``); they are merged after ``format`` and ``files``.
+
+  Returns:
+    None; the manifest ``{"format": 1, "files": {relative path: [size, crc32]}, **extra}`` is
+    written to ``<directory>/jpq_manifest.json``.
   """
   files = {}
   for root, _, names in os.walk(directory):
@@ -144,11 +163,16 @@ def write_manifest(directory: str, extra: Optional[Mapping[str, Any]] = None) ->
 def verify_manifest(directory: str) -> Optional[Dict[str, Any]]:
   """Check a checkpoint directory against its manifest.
 
+  Args:
+    directory: the checkpoint directory holding ``jpq_manifest.json``.
+
   Returns:
     The manifest, or None when the directory has none (not verifiable).
 
   Raises:
-    CheckpointCorruptError: naming the first missing, truncated or corrupted file.
+    CheckpointCorruptError: the manifest is unreadable (invalid JSON, no ``files`` entry, or
+      entries that are not ``{path: [size, crc]}``), or naming the first (in sorted order)
+      missing, truncated or corrupted file.
   """
   path = os.path.join(directory, MANIFEST)
   if not os.path.exists(path):
@@ -157,9 +181,11 @@ def verify_manifest(directory: str) -> Optional[Dict[str, Any]]:
     with open(path) as f:
       doc = json.load(f)
     files = doc["files"]
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointCorruptError(f"{path}: unreadable manifest ({e})") from None
-  for rel, (size, crc) in sorted(files.items()):
+    entries = sorted((str(rel), int(size), int(crc)) for rel, (size, crc) in files.items())
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    # Invalid JSON, no "files", or entries that are not {path: [size, crc]}.
+    raise CheckpointCorruptError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
+  for rel, size, crc in entries:
     full = os.path.join(directory, rel)
     if not os.path.exists(full):
       raise CheckpointCorruptError(f"{directory}: file {rel!r} is missing")
@@ -179,13 +205,24 @@ def abstract_like(tree: Any) -> Any:
   processes (``jax.distributed``) every process then reads the full value, and the sweep driver
   spreads it over the global mesh itself; Orbax's default device (``jax.devices()[0]``) would belong
   to process 0 only.
+
+  Args:
+    tree: pytree of arrays (or anything ``np.asarray`` accepts) and/or ``jax.ShapeDtypeStruct``s.
+
+  Returns:
+    A pytree of the same structure with ``jax.ShapeDtypeStruct`` leaves: a ``ShapeDtypeStruct``
+    that already has a sharding is kept as is; every other leaf gets its shape and dtype and a
+    ``SingleDeviceSharding`` on ``jax.local_devices()[0]``.
   """
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def leaf(x):
     if isinstance(x, jax.ShapeDtypeStruct):
       return x if x.sharding is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local)
-    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=local)
+    # The dtype without a host copy where the leaf has one (a jax.Array spread over processes
+    # cannot be copied to one host at all).
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=local)
 
   return jax.tree_util.tree_map(leaf, tree)
 
@@ -348,7 +385,19 @@ class SweepCheckpointer:
 
 
 def save_tree(path: str, tree: Any) -> None:
-  """Save a pytree synchronously to ``path`` (overwrites); call it on every process."""
+  """Save a pytree synchronously to ``path`` (overwrites); call it on every process.
+
+  Process-local arrays are written as host numpy (from process 0); arrays spread over processes
+  stay jax Arrays, whose shards every process writes. Process 0 then writes a manifest recording
+  the files and the tree's :func:`tree_signature`, which :func:`load_tree` checks.
+
+  Args:
+    path: checkpoint directory (made absolute; an existing checkpoint there is replaced).
+    tree: pytree of arrays to save.
+
+  Returns:
+    None, once the checkpoint (and, on process 0, its manifest) is on disk.
+  """
   ckptr = ocp.StandardCheckpointer()
   tree = _for_save(tree)
   ckptr.save(os.path.abspath(path), tree, force=True)
@@ -361,9 +410,20 @@ def save_tree(path: str, tree: Any) -> None:
 def load_tree(path: str, target: Any = None) -> Any:
   """Load a pytree saved by :func:`save_tree` (into ``target``'s structure when given).
 
+  Args:
+    path: checkpoint directory written by :func:`save_tree`.
+    target: optional pytree (abstract or concrete) giving the structure, shapes and dtypes to
+      restore into; None restores the tree as saved. Its structure is checked against the saved
+      signature only when the checkpoint has a manifest.
+
+  Returns:
+    The restored pytree (in ``target``'s structure when given; leaves without a sharding in
+    ``target`` are placed on this process's first local device, see :func:`abstract_like`).
+
   Raises:
     FileNotFoundError: no such checkpoint.
-    CheckpointCorruptError: a file differs from the manifest written at save time.
+    CheckpointCorruptError: a file differs from the manifest written at save time, or the manifest
+      is unreadable.
     CheckpointMismatchError: ``target``'s structure differs from the saved one.
   """
   path = os.path.abspath(path)

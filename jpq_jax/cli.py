@@ -41,15 +41,30 @@ __all__ = ["main", "load_config", "apply_overrides"]
 def load_config(path: Optional[str]) -> ml_collections.ConfigDict:
   """Load a config file (a Python file with ``get_config()``), or the demo config for None.
 
+  Args:
+    path: path of the Python config file; None (or empty) selects ``sweep.demo_config()``.
+
+  Returns:
+    The ``ml_collections.ConfigDict`` returned by the file's ``get_config()`` (or the demo config).
+
   Raises:
-    FileNotFoundError: no such file. ValueError: the file has no ``get_config``.
+    FileNotFoundError: no such file.
+    ValueError: the path is a directory or not a Python file; the file has no ``get_config``, has
+      a syntax error, raises while it is executed or while ``get_config()`` runs, or
+      ``get_config()`` returns something else than a ``ConfigDict`` (the message names the file
+      and the error).
   """
   from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
   if not path:
     return sweep.demo_config()
   if not os.path.exists(path):
     raise FileNotFoundError(f"--config: no such config file {path!r}")
+  if os.path.isdir(path):
+    raise ValueError(f"--config: {path!r} is a directory, not a Python config file")
   spec = importlib.util.spec_from_file_location("jpq_config", path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"--config: {path!r} is not a Python file (expected a .py file defining "
+                     "get_config())")
   mod = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(mod)
@@ -60,7 +75,14 @@ def load_config(path: Optional[str]) -> ml_collections.ConfigDict:
     raise ValueError(f"--config: {path!r} failed to load: {type(e).__name__}: {e}") from None
   if not hasattr(mod, "get_config"):
     raise ValueError(f"--config: {path!r} defines no get_config()")
-  return mod.get_config()
+  try:
+    cfg = mod.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"--config: {path!r}: get_config() raised {type(e).__name__}: {e}") from None
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ValueError(f"--config: {path!r}: get_config() returned a {type(cfg).__name__}, not an "
+                     "ml_collections.ConfigDict (start from jpq_jax.base_config())")
+  return cfg
 
 
 def _parse_value(text: str, current):
@@ -103,8 +125,19 @@ def _parse_value(text: str, current):
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
   """Apply ``a.b=value`` overrides in place (the value is parsed as the field's current type).
 
+  Args:
+    cfg: the config to modify (in place; locked ``ConfigDict`` nodes are unlocked for the write).
+    overrides: strings ``a.b=value`` or ``--config.a.b=value``, applied in order. Booleans take
+      ``1/true/yes/on`` or ``0/false/no/off``; tuples and lists take comma-separated values
+      (optionally in brackets), parsed as the type of the current first element; a field that is
+      None or a string takes the text as is; other types are parsed with ``ast.literal_eval``.
+
+  Returns:
+    None; ``cfg`` is updated in place.
+
   Raises:
-    ValueError: unknown field or unparsable value (the message names the field).
+    ValueError: an override without ``=``, an unknown field, a path through a value that is not a
+      group of fields, or an unparsable value (the message names the field).
   """
   for ov in overrides:
     if ov.startswith("--config."):
@@ -114,10 +147,16 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     key, text = ov.split("=", 1)
     node = cfg
     parts = key.split(".")
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
+      if not isinstance(node, (dict, ml_collections.ConfigDict)):
+        raise ValueError(f"override {key!r}: {'.'.join(parts[:i])!r} is a value "
+                         f"({type(node).__name__}), not a group of fields")
       if p not in node:
         raise ValueError(f"override {key!r}: unknown config field {p!r}")
       node = node[p]
+    if not isinstance(node, (dict, ml_collections.ConfigDict)):
+      raise ValueError(f"override {key!r}: {'.'.join(parts[:-1])!r} is a value "
+                       f"({type(node).__name__}), not a group of fields")
     leaf = parts[-1]
     if leaf not in node:
       raise ValueError(f"override {key!r}: unknown config field; known here: {sorted(node.keys())}")
@@ -257,7 +296,25 @@ def _cmd_compare(args, rest) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Entry point of the ``jpq`` command (``[project.scripts] jpq = "jpq_jax.cli:main"``)."""
+  """Entry point of the ``jpq`` command (``[project.scripts] jpq = "jpq_jax.cli:main"``).
+
+  Subcommands: ``sweep``, ``report``, ``inspect``, ``export``, ``compare`` (see the module
+  docstring). Bad input (``ValueError``, ``OSError``, ``IndexError``, ``KeyError``,
+  ``FloatingPointError``) is reported as one line on stderr instead of a traceback, unless the
+  environment variable ``JPQ_TRACEBACK`` is set, in which case it is re-raised.
+
+  Args:
+    argv: command-line arguments without the program name; None uses ``sys.argv[1:]``. For
+      ``sweep``, arguments argparse does not know are config overrides (see
+      :func:`apply_overrides`).
+
+  Returns:
+    Exit status: 0 on success, 2 on bad input or an invalid sweep config.
+
+  Raises:
+    SystemExit: from argparse (usage error or ``--help``), or unexpected extra arguments to
+      ``report``, ``inspect``, ``export`` or ``compare``.
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="jpq", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)

@@ -123,7 +123,24 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack_codes(buf: np.ndarray, bits: int, n: int) -> np.ndarray:
-  """Inverse of :func:`pack_codes`: ``n`` signed codes (int64) from packed bytes."""
+  """Inverse of :func:`pack_codes`: ``n`` signed codes (int64) from packed bytes.
+
+  Args:
+    buf: packed bytes (anything ``np.asarray(buf, np.uint8)`` accepts), as :func:`pack_codes`
+      writes them; bits past the first ``n * bits`` (padding) are ignored.
+    bits: bit-width of each code (as passed to :func:`pack_codes`, 1..8).
+    n: number of codes to read.
+
+  Returns:
+    int64 array of shape ``(n,)`` with the two's-complement codes, in
+    ``[-2^(bits-1), 2^(bits-1) - 1]``.
+
+  Raises:
+    BundleError: ``bits`` outside 1..8 (a damaged bundle), or ``buf`` holds fewer than
+      ``n * bits`` bits.
+  """
+  if not 1 <= int(bits) <= 8:
+    raise BundleError(f"packed weights: bit-width {bits} outside 1..8 (damaged bundle?)")
   stream = np.unpackbits(np.asarray(buf, np.uint8), bitorder="little")[:n * bits]
   if stream.size != n * bits:
     raise BundleError(f"packed weights too short: need {n * bits} bits, have {stream.size}")

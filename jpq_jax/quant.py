@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "weight_scale",
@@ -121,13 +122,44 @@ def quantize_weight(w: jax.Array, bits: int) -> jax.Array:
 
 
 def pact_scale(clip: jax.Array, bits: int) -> jax.Array:
-  """Activation scale ``clip / (2^b - 1)`` (no 1e-3; the one the bias quantizer uses)."""
+  """Activation scale ``clip / (2^b - 1)`` (no 1e-3; the one the bias quantizer uses).
+
+  Args:
+    clip: PACT clip value (scalar array).
+    bits: activation bit-width.
+
+  Returns:
+    ``clip / (2^bits - 1)`` as an exact division (see :func:`exact_div`), shape of ``clip``.
+
+  Raises:
+    ValueError: ``bits <= 0`` (activations have no 0-bit option).
+  """
+  _check_activation_bits(bits, "pact_scale")
   return exact_div(clip, 2.0**bits - 1.0)
 
 
 def pact_signed_scale(clip_inf: jax.Array, clip_sup: jax.Array, bits: int) -> jax.Array:
-  """Activation scale ``(sup - inf) / (2^b - 1)`` of signed PACT."""
+  """Activation scale ``(sup - inf) / (2^b - 1)`` of signed PACT.
+
+  Args:
+    clip_inf: lower clip value ``inf`` (scalar array).
+    clip_sup: upper clip value ``sup`` (scalar array).
+    bits: activation bit-width.
+
+  Returns:
+    ``(clip_sup - clip_inf) / (2^bits - 1)`` as an exact division (see :func:`exact_div`).
+
+  Raises:
+    ValueError: ``bits <= 0``.
+  """
+  _check_activation_bits(bits, "pact_signed_scale")
   return exact_div(clip_sup - clip_inf, 2.0**bits - 1.0)
+
+
+def _check_activation_bits(bits, fn: str) -> None:
+  # Only a concrete bit-width can be checked (a traced one comes from validated precision sets).
+  if isinstance(bits, (int, float, np.integer)) and bits <= 0:
+    raise ValueError(f"{fn} needs bits > 0, got {bits}")
 
 
 def _pact_forward(x, clip, bits):

@@ -30,6 +30,11 @@ def _fixtures(tmp):
     f.write("import no_such_module_jpq\n")
   with open(os.path.join(tmp, "a_file"), "w") as f:
     f.write("not a directory\n")
+  with open(os.path.join(tmp, "getraises.py"), "w") as f:
+    f.write("def get_config():\n  return 1 / 0\n")
+  with open(os.path.join(tmp, "getdict.py"), "w") as f:
+    f.write("def get_config():\n  return {'name': 'x'}\n")
+  os.makedirs(os.path.join(tmp, "cfgdir"))
   bad_json = os.path.join(tmp, "bad_json")
   os.makedirs(bad_json)
   with open(os.path.join(bad_json, "results.json"), "w") as f:
@@ -68,6 +73,15 @@ CLI_ROWS = [
      "ModuleNotFoundError"),
     ("config file without get_config", lambda t: ["sweep", "--config", os.path.join(t, "noget.py")],
      "defines no get_config"),
+    ("config path is a directory", lambda t: ["sweep", "--config", os.path.join(t, "cfgdir")],
+     "is a directory, not a Python config file"),
+    ("config file not Python", lambda t: ["sweep", "--config", os.path.join(t, "a_file")],
+     "is not a Python file"),
+    ("get_config raises", lambda t: ["sweep", "--config", os.path.join(t, "getraises.py")],
+     "get_config() raised ZeroDivisionError"),
+    ("get_config returns a dict", lambda t: ["sweep", "--config", os.path.join(t, "getdict.py")],
+     "returned a dict, not an ml_collections.ConfigDict"),
+    ("override through a value", _sweep("search.epochs.x=1"), "'search.epochs' is a value (int)"),
     ("unknown field", _sweep("sweep.nope=1"), "unknown config field"),
     ("unparsable value", _sweep("search.epochs=abc"), "cannot parse 'abc'"),
     ("override without =", _sweep("search.epochs"), "expected field=value"),
@@ -194,6 +208,9 @@ def _bundle_rows():
        export.BundleError, "not valid JSON"),
       ("bundle: missing directory",
        lambda t: export.load_bundle(os.path.join(t, "none")), export.BundleError, "is missing"),
+      ("bundle: packed weights at 0 bits",
+       lambda t: export.unpack_codes(np.zeros(4, np.uint8), 0, 4), export.BundleError,
+       "bit-width 0 outside 1..8"),
   ]
 
 
@@ -212,15 +229,33 @@ def _checkpoint_rows():
       f.write(bytes([b[0] ^ 0xFF]))
     return C.load_tree(path)
 
+  def malformed_manifest(t):
+    path = os.path.join(t, "tree_m")
+    C.save_tree(path, {"a": np.arange(10, dtype=np.float32)})
+    with open(os.path.join(path, C.MANIFEST), "w") as f:
+      json.dump({"format": 1, "files": {"x": 5}}, f)  # an entry that is not [size, crc]
+    return C.load_tree(path)
+
   return [
       ("checkpoint: missing tree", lambda t: C.load_tree(os.path.join(t, "none")),
        FileNotFoundError, "no checkpoint"),
       ("checkpoint: corrupted tree", damaged_tree, C.CheckpointCorruptError, "corrupted"),
+      ("checkpoint: malformed manifest", malformed_manifest, C.CheckpointCorruptError,
+       "unreadable manifest"),
+  ]
+
+
+def _quant_rows():
+  from jpq_jax import quant  # pylint: disable=import-outside-toplevel
+  return [
+      ("activation scale at 0 bits", lambda t: quant.pact_scale(1.0, 0), ValueError, "bits > 0"),
+      ("signed activation scale at 0 bits", lambda t: quant.pact_signed_scale(-1.0, 1.0, 0),
+       ValueError, "bits > 0"),
   ]
 
 
 def test_bad_library_inputs(tmp_path):
-  rows = _bundle_rows() + _checkpoint_rows()
+  rows = _bundle_rows() + _checkpoint_rows() + _quant_rows()
   if not _bundle_rows():
     print("\n(export.load_bundle not available: bundle rows skipped)")
   for name, call, exc, want in rows:
