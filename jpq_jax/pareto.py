@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["pareto_front", "front_of_results", "write_results", "format_front", "format_member",
-           "plot_front", "load_results"]
+           "plot_front", "load_results", "default_cost"]
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
@@ -47,10 +47,40 @@ def _healthy(m: Mapping) -> bool:
   return not m.get("failed") and m.get("status", "ok") == "ok"
 
 
+def default_cost(results: Mapping) -> str:
+  """The cost a sweep's front, table and plot use unless told otherwise.
+
+  Args:
+    results: a sweep's results (the content of ``results.json``).
+
+  Returns:
+    ``results['pareto_cost']``, else ``results['search_cost']`` (results written before the
+    Pareto cost was recorded), else ``'size'``.
+  """
+  return results.get("pareto_cost") or results.get("search_cost") or "size"
+
+
 def front_of_results(results: Mapping, cost: Optional[str] = None,
                      metric: Optional[str] = None) -> List[Dict[str, Any]]:
-  """The front of a sweep's results as rows ``{member, lambda, cost, accuracy, ...}``."""
-  cost = cost or results.get("pareto_cost") or results.get("search_cost", "size")
+  """The front of a sweep's results as rows ``{member, lambda, cost, accuracy, ...}``.
+
+  Only healthy members (not failed and, where annotated, of status ``ok``) are candidates; the
+  front is :func:`pareto_front` of their (argmax cost, metric) pairs.
+
+  Args:
+    results: a sweep's results (the content of ``results.json``): ``members`` (each with
+      ``member``, ``lambda``, ``seed``, ``costs_argmax`` and the metric), optionally
+      ``pareto_cost``, ``search_cost``, ``pareto_metric`` and ``cost_units``.
+    cost: name of the cost in each member's ``costs_argmax`` (default: :func:`default_cost`).
+    metric: the member key of the accuracy (default: ``results['pareto_metric']``, else
+      ``'test_acc'``).
+
+  Returns:
+    One dict per front member, sorted by cost: ``member``, ``lambda``, ``seed``, ``cost``,
+    ``cost_name``, ``unit`` (``''`` when ``cost_units`` has none), ``accuracy`` (the metric's
+    value), ``metric``, ``val_acc`` and ``test_acc`` (None when the member has none).
+  """
+  cost = cost or default_cost(results)
   metric = metric or results.get("pareto_metric", "test_acc")
   members = [m for m in results["members"] if _healthy(m)]
   pts = [(m["costs_argmax"].get(cost), m.get(metric)) for m in members]
@@ -66,12 +96,32 @@ def front_of_results(results: Mapping, cost: Optional[str] = None,
 
 def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
                metric: Optional[str] = None) -> None:
-  """Scatter of every member and the front line, saved to ``path`` (PNG)."""
+  """Scatter of every member and the front line, saved to ``path`` (PNG).
+
+  Every non-failed member with both a metric value and an argmax cost is plotted (accuracy in %,
+  log cost axis, each point labelled with its lambda); the front of :func:`front_of_results` is
+  drawn as a step line. Uses matplotlib's Agg backend (no display needed).
+
+  Args:
+    results: a sweep's results (see :func:`front_of_results`); ``name``, ``model`` and
+      ``dataset`` make the title.
+    path: the image file to write (the format follows its extension; ``pareto.png`` in
+      :func:`write_results`).
+    cost: the cost on the x axis (default: :func:`default_cost`).
+    metric: the member key of the accuracy (default: ``results['pareto_metric']``, else
+      ``'test_acc'``).
+
+  Returns:
+    None; the figure is written to ``path``.
+
+  Raises:
+    ImportError: matplotlib is not installed.
+  """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel,unused-import
-  cost = cost or results.get("pareto_cost", "size")
+  cost = cost or default_cost(results)
   metric = metric or results.get("pareto_metric", "test_acc")
   unit = results.get("cost_units", {}).get(cost, "")
   ok = [m for m in results["members"] if not m.get("failed") and m.get(metric) is not None
@@ -100,14 +150,22 @@ def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
 def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
   """Write ``results.json``, ``pareto.json``, ``pareto.csv`` and ``pareto.png`` into ``workdir``.
 
+  Existing files are overwritten; ``pareto.png`` is silently skipped when matplotlib is missing.
+
+  Args:
+    workdir: the directory to write into (must exist).
+    results: a sweep's results (see :func:`front_of_results`), dumped as-is to ``results.json``;
+      the front uses :func:`front_of_results`' default cost and metric.
+
   Returns:
-    The front rows.
+    The front rows (see :func:`front_of_results`), also written to ``pareto.json`` (with the cost
+    and metric the front was taken on) and ``pareto.csv``.
   """
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   front = front_of_results(results)
   with open(os.path.join(workdir, "pareto.json"), "w") as f:
-    json.dump({"cost": results.get("pareto_cost"), "metric": results.get("pareto_metric"),
+    json.dump({"cost": default_cost(results), "metric": results.get("pareto_metric", "test_acc"),
                "front": front}, f, indent=2)
   with open(os.path.join(workdir, "pareto.csv"), "w", newline="") as f:
     w = csv.writer(f)
@@ -126,6 +184,12 @@ def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
 def load_results(workdir: str) -> Dict[str, Any]:
   """``results.json`` of a finished sweep.
 
+  Args:
+    workdir: the sweep's work directory.
+
+  Returns:
+    The parsed ``results.json`` (see :func:`write_results`).
+
   Raises:
     FileNotFoundError: no results (the sweep has not finished).
   """
@@ -138,8 +202,21 @@ def load_results(workdir: str) -> Dict[str, Any]:
 
 
 def format_front(results: Mapping, cost: Optional[str] = None) -> str:
-  """A text table of every member, front members marked with ``*``."""
-  cost = cost or results.get("pareto_cost", "size")
+  """A text table of every member, front members marked with ``*``.
+
+  Members are sorted by argmax cost (those without one first); columns: member, lambda, seed,
+  cost, validation and test accuracy (%), status. A last line gives the number of front points and
+  ``results['strategy']``.
+
+  Args:
+    results: a sweep's results (see :func:`front_of_results`).
+    cost: the cost column and the front's cost (default: :func:`default_cost`); the front's
+      metric is ``results['pareto_metric']`` (else ``'test_acc'``).
+
+  Returns:
+    The table as one string, newline-separated.
+  """
+  cost = cost or default_cost(results)
   metric = results.get("pareto_metric", "test_acc")
   unit = results.get("cost_units", {}).get(cost, "")
   on = {r["member"] for r in front_of_results(results, cost, metric)}
@@ -157,7 +234,22 @@ def format_front(results: Mapping, cost: Optional[str] = None) -> str:
 
 
 def format_member(results: Mapping, k: int) -> str:
-  """Per-layer bits and kept channels of member ``k``."""
+  """Per-layer bits and kept channels of member ``k``.
+
+  Args:
+    results: a sweep's results (see :func:`front_of_results`); the member needs ``layers`` (per
+      layer ``group``, ``kept``, ``cout``, ``mean_w_bits``, ``w_bits_hist`` and optionally
+      ``a_bits``), ``costs_argmax`` and ``costs_soft``.
+    k: index into ``results['members']``.
+
+  Returns:
+    A newline-separated text block: a header line (lambda, seed, status, accuracies), one row per
+    layer (group, kept/cout, mean weight bits, activation bits, weight-bit histogram), then the
+    argmax and the soft costs (None values left out).
+
+  Raises:
+    IndexError: ``k`` is not in ``0 .. len(results['members']) - 1``.
+  """
   ms = results["members"]
   if not 0 <= k < len(ms):
     raise IndexError(f"member {k} out of range: the sweep has {len(ms)} members (0..{len(ms) - 1})")

@@ -33,3 +33,22 @@ def test_write_results(tmp_path):
   text = pareto.format_front(_results())
   assert "3 points" in text
   assert "kept/cout" in pareto.format_member(_results(), 0)
+
+
+def test_cost_default_is_the_same_everywhere(tmp_path):
+  # Results that name only the search cost (no pareto_cost): the front, pareto.json, the table and
+  # the plot all use it, not 'size'.
+  r = _results()
+  del r["pareto_cost"]
+  r["search_cost"] = "mpic"
+  for k, m in enumerate(r["members"]):
+    m["costs_argmax"]["mpic"] = [5, 40, 30, 60, 1][k]  # a different order than size's
+  assert pareto.default_cost(r) == "mpic"
+  front = pareto.write_results(str(tmp_path), r)
+  assert [row["member"] for row in front] == [0]
+  assert {row["cost_name"] for row in front} == {"mpic"}
+  with open(tmp_path / "pareto.json") as f:
+    doc = json.load(f)
+  assert doc["cost"] == "mpic" and doc["metric"] == "test_acc"
+  assert "mpic" in pareto.format_front(r).splitlines()[0]
+  assert pareto.default_cost({"members": []}) == "size"
