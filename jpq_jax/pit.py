@@ -69,12 +69,27 @@ PIN = 1e4  # magnitude of a pinned logit: exp(-PIN) underflows to exactly 0 in f
 
 
 def trainable_groups(table: LayerTable):
-  """The groups PIT may prune: every hidden group (not the classifier's, not the input)."""
+  """The groups PIT may prune: every hidden group (not the classifier's, not the input).
+
+  Args:
+    table: the layer table.
+
+  Returns:
+    Tuple of the table's groups of kind ``"hidden"``, in table order.
+  """
   return tuple(g for g in table.groups if g.kind == "hidden")
 
 
 def init_alpha(table: LayerTable) -> Dict[str, Any]:
-  """``alpha_pit`` = 1 for every prunable group, nested by group path (like ``arch``)."""
+  """``alpha_pit`` = 1 for every prunable group, nested by group path (like ``arch``).
+
+  Args:
+    table: the layer table.
+
+  Returns:
+    ``{...group path...: {'alpha_pit': (C,) float32 ones}}`` for every group of
+    :func:`trainable_groups` (the ``arch`` tree of the PIT search).
+  """
   out: Dict[str, Any] = {}
   for g in trainable_groups(table):
     set_path(out, g.path, {"alpha_pit": jnp.ones((g.channels,), jnp.float32)})
@@ -82,7 +97,19 @@ def init_alpha(table: LayerTable) -> Dict[str, Any]:
 
 
 def pit_theta(alpha: Mapping, table: LayerTable) -> Dict[str, jax.Array]:
-  """``theta = |alpha|`` per group with the last channel kept alive; frozen groups are all ones."""
+  """``theta = |alpha|`` per group with the last channel kept alive; frozen groups are all ones.
+
+  Args:
+    alpha: the ``alpha_pit`` tree (see :func:`init_alpha`).
+    table: the layer table.
+
+  Returns:
+    ``{group name: (C,) theta}`` for every non-input group: a hidden group's ``|alpha_pit|`` with
+    its last entry set to 1 (no gradient there); the classifier's group float32 ones.
+
+  Raises:
+    KeyError: ``alpha`` has no entry at a hidden group's path (or no ``alpha_pit`` there).
+  """
   out = {}
   for g in table.groups:
     if g.kind == "input":
@@ -97,13 +124,33 @@ def pit_theta(alpha: Mapping, table: LayerTable) -> Dict[str, jax.Array]:
 
 
 def binary_masks(theta: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
-  """``1[theta > 0.5]`` with an identity straight-through gradient to theta."""
+  """``1[theta > 0.5]`` with an identity straight-through gradient to theta.
+
+  Args:
+    theta: ``{group name: (C,) theta}`` (e.g. of :func:`pit_theta`).
+
+  Returns:
+    ``{group name: mask}`` with the shapes and dtypes of ``theta``: exactly 0/1 in the forward
+    pass (``theta > THRESHOLD``); the gradient passes to ``theta`` unchanged.
+  """
   return {k: t + jax.lax.stop_gradient((t > THRESHOLD).astype(t.dtype) - t)
           for k, t in theta.items()}
 
 
 def masks_of(alpha: Mapping, table: LayerTable) -> Dict[str, np.ndarray]:
-  """The binary masks (host numpy, float32 0/1) of ``alpha``."""
+  """The binary masks (host numpy, float32 0/1) of ``alpha``.
+
+  Args:
+    alpha: the ``alpha_pit`` tree (see :func:`init_alpha`).
+    table: the layer table.
+
+  Returns:
+    ``{group name: (C,) float32 numpy array of 0/1}`` for every non-input group: the
+    :func:`binary_masks` of :func:`pit_theta` (the classifier's group all ones).
+
+  Raises:
+    KeyError: ``alpha`` lacks a hidden group's ``alpha_pit`` (from :func:`pit_theta`).
+  """
   return {k: np.asarray(jax.device_get(v), np.float32)
           for k, v in binary_masks(pit_theta(alpha, table)).items()}
 
@@ -156,6 +203,15 @@ def as_precision_theta(theta: Mapping[str, jax.Array], table: LayerTable) -> Dic
   ``Cout_eff = C - sum(1 - theta) = sum(theta)`` (PIT's ``out_features_eff``). Other groups get
   their top precision (the cost then counts every channel). Activation thetas are left out (the
   ``params`` and ``macs`` costs do not use them).
+
+  Args:
+    theta: ``{group name: (C,) theta}`` for every non-input group (see :func:`pit_theta`).
+    table: the layer table.
+
+  Returns:
+    ``{group name: GroupTheta}`` for every group: ``w`` of shape ``(len(w_precisions), C)`` (the
+    last row is taken as the top precision) and ``a`` None; the input group gets
+    ``GroupTheta(w=None, a=None)``.
   """
   out = {}
   for g in table.groups:
@@ -172,7 +228,16 @@ def as_precision_theta(theta: Mapping[str, jax.Array], table: LayerTable) -> Dic
 
 
 def params_cost(table: LayerTable, theta: Mapping[str, jax.Array]) -> jax.Array:
-  """PIT's regulariser: the effective weight count (the ``params`` cost on the mapped theta)."""
+  """PIT's regulariser: the effective weight count (the ``params`` cost on the mapped theta).
+
+  Args:
+    table: the layer table.
+    theta: ``{group name: (C,) theta}`` for every non-input group (see :func:`pit_theta`).
+
+  Returns:
+    Scalar: the registered ``params`` cost of :func:`as_precision_theta` of ``theta``
+    (differentiable in ``theta``).
+  """
   return T.get_cost_fn("params")(table, as_precision_theta(theta, table))
 
 
@@ -191,6 +256,25 @@ def make_search_step(model, table: LayerTable, tx, *, class_weights=None,
   The state's trainable collections are ``{'params', 'arch'}`` with ``arch`` the ``alpha_pit``
   tree (so :func:`jpq_jax.train.make_optimizer` gives it the arch optimizer); ``extra`` holds the
   frozen ``batch_stats``.
+
+  Args:
+    model: the float-mode model, applied with ``Ctx.float(False)`` (BN on running statistics,
+      dropout off) on ``params`` masked on the output axis by :func:`binary_masks` of
+      :func:`pit_theta`.
+    table: the layer table; every hidden group needs a 0-bit weight precision.
+    tx: the optimizer (e.g. of :func:`jpq_jax.train.make_optimizer`).
+    class_weights: optional per-class cross-entropy weights, shape ``(num_classes,)``.
+    label_smoothing: cross-entropy label smoothing.
+
+  Returns:
+    ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)`` of
+    :func:`jpq_jax.train.make_step`: the loss is ``CE + lam_e * params_cost`` with the cost on the
+    soft ``theta`` (:func:`params_cost`); ``metrics['cost']`` is that cost and ``extra`` is passed
+    through unchanged.
+
+  Raises:
+    ValueError: a hidden group of ``table`` is not prunable (no 0 in its weight precisions, or
+      not channel-wise).
   """
   _check_table(table)
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
@@ -214,6 +298,20 @@ def make_finetune_step(model, table: LayerTable, tx, *, class_weights=None,
   """Fine-tuning of the exported network: float training with BN, masks fixed on both kernel axes.
 
   ``extra`` holds ``batch_stats`` (updated) and ``pit_mask`` (``{group: (C,)}``, constant).
+
+  Args:
+    model: the float-mode model, applied with ``Ctx.float(True)`` (BN on batch statistics, dropout
+      on) on ``params`` masked by ``pit_mask`` on both kernel axes (:func:`apply_masks` with
+      ``inputs=True``).
+    table: the layer table.
+    tx: the optimizer (e.g. of :func:`jpq_jax.train.make_optimizer`).
+    class_weights: optional per-class cross-entropy weights, shape ``(num_classes,)``.
+    label_smoothing: cross-entropy label smoothing.
+
+  Returns:
+    ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)`` of
+    :func:`jpq_jax.train.make_step`: the loss is the cross-entropy alone (``lam_e`` is ignored,
+    ``metrics['cost']`` is 0).
   """
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
@@ -231,7 +329,25 @@ def make_finetune_step(model, table: LayerTable, tx, *, class_weights=None,
 
 
 def make_eval_step(model, table: LayerTable, phase: str, *, class_weights=None):
-  """Evaluation (inference-mode BN) of the PIT search (masks of ``arch``) or of the fine-tuning."""
+  """Evaluation (inference-mode BN) of the PIT search (masks of ``arch``) or of the fine-tuning.
+
+  Args:
+    model: the float-mode model.
+    table: the layer table.
+    phase: ``'pit_search'``: output-axis masks :func:`binary_masks` of ``params['arch']``;
+      ``'pit_finetune'``: ``extra['pit_mask']`` on both kernel axes.
+    class_weights: optional per-class cross-entropy weights, shape ``(num_classes,)``.
+
+  Returns:
+    ``eval(params, extra, temperature, x, y, mask) -> {loss_sum, weight_sum, correct, count}``
+    (sums over the examples where ``mask`` is 1, to be accumulated over padded batches; no label
+    smoothing, ``temperature`` ignored); ``extra`` needs ``batch_stats``.
+
+  Raises:
+    ValueError: an unknown ``phase``.
+  """
+  if phase not in ("pit_search", "pit_finetune"):
+    raise ValueError(f"unknown PIT phase {phase!r}; use 'pit_search' or 'pit_finetune'")
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
   def evaluate(params, extra, temperature, x, y, mask):
@@ -257,8 +373,18 @@ def export_float(params: Mapping, batch_stats: Mapping, table: LayerTable,
   loses the folded shift, which the fresh BatchNorm's batch statistics subtract anyway in training.
   Every BatchNorm restarts at scale 1, shift 0, mean 0, var 1.
 
+  Args:
+    params: the ``params`` collection of the float model.
+    batch_stats: its ``batch_stats`` (the running statistics folded into the kernels).
+    table: the layer table.
+    masks: ``{group name: (C,) 0/1 mask}`` (groups absent are not masked), baked in with
+      :func:`bake_masks`.
+
   Returns:
-    ``{'params', 'batch_stats'}`` for the float model.
+    ``{'params', 'batch_stats'}`` for the float model (new trees; the arguments are not modified).
+
+  Raises:
+    KeyError: a layer's entry (or, for a BN layer, its ``BatchNorm_0`` statistics) is missing.
   """
   from jpq_jax.fold import fold_batchnorm  # pylint: disable=import-outside-toplevel
   p, bs = _copy(params), _copy(batch_stats)
@@ -279,7 +405,18 @@ def export_float(params: Mapping, batch_stats: Mapping, table: LayerTable,
 
 
 def bake_masks(params: Mapping, table: LayerTable, masks: Mapping) -> Dict[str, Any]:
-  """``params`` with the masks multiplied into the kernel arrays (both axes)."""
+  """``params`` with the masks multiplied into the kernel arrays (both axes).
+
+  Args:
+    params: the ``params`` collection.
+    table: the layer table.
+    masks: ``{group name: (C,) mask}`` (arrays or numpy; groups absent are not masked).
+
+  Returns:
+    A new params tree (:func:`apply_masks` with ``inputs=True``): each kernel times its group's
+    mask on the output axis and, except depthwise kernels, the producer's mask on the input axis;
+    biases, BN parameters and clips unchanged.
+  """
   return apply_masks(params, table, {k: jnp.asarray(v) for k, v in masks.items()}, inputs=True)
 
 
@@ -326,7 +463,14 @@ def prune_physically(variables: Mapping, table: LayerTable, masks: Mapping) -> D
 
 
 def pruned_weight_count(pruned: Mapping) -> int:
-  """Number of conv/dense weights of a physically pruned network."""
+  """Number of conv/dense weights of a physically pruned network.
+
+  Args:
+    pruned: the per-layer arrays of :func:`prune_physically`.
+
+  Returns:
+    The total size of the sliced kernels (biases and BatchNorm parameters not counted).
+  """
   return int(sum(np.asarray(r["kernel"]).size for r in pruned.values()))
 
 
@@ -336,6 +480,15 @@ def apply_pruned(model, pruned: Mapping, x) -> jax.Array:
   The unchanged model definition is executed with :func:`flax.linen.intercept_methods`: every
   ``Conv``/``Dense``/``Add`` call is replaced by the same computation on the sliced arrays of
   :func:`prune_physically`, so no variable of the full-width model is ever created or read.
+
+  Args:
+    model: the float-mode model definition (the one whose table made ``pruned``).
+    pruned: the per-layer arrays of :func:`prune_physically`, keyed by layer name (module path
+      joined with ``/``).
+    x: an input batch, as the model takes it.
+
+  Returns:
+    The logits (the ``value`` of the model's output).
   """
 
   def conv_of(mod: Conv, v, rec):
@@ -409,7 +562,16 @@ def pin_logits(arch: Mapping, table: LayerTable, masks: Mapping) -> Dict[str, An
 
 
 def kept_summary(masks: Mapping, table: LayerTable) -> Dict[str, Dict[str, int]]:
-  """``{group: {'channels', 'kept'}}`` of binary masks."""
+  """``{group: {'channels', 'kept'}}`` of binary masks.
+
+  Args:
+    masks: ``{group name: (C,) 0/1 mask}``; groups absent count as fully kept.
+    table: the layer table.
+
+  Returns:
+    ``{group name: {'channels': C, 'kept': number of mask entries > 0}}`` for every non-input
+    group.
+  """
   return {g.name: {"channels": g.channels, "kept": int(_kept(masks, g.name, g.channels).sum())}
           for g in table.groups if g.kind != "input"}
 
@@ -432,5 +594,16 @@ def mask_tree(table: LayerTable, masks: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def masks_from_tree(tree: Mapping[str, Any], table: LayerTable) -> Dict[str, Any]:
-  """The inverse of :func:`mask_tree`: ``{group name: mask}`` of the non-input groups."""
+  """The inverse of :func:`mask_tree`: ``{group name: mask}`` of the non-input groups.
+
+  Args:
+    tree: the nested mask tree (the ``pit_mask`` entry of a PIT checkpoint).
+    table: the layer table.
+
+  Returns:
+    ``{group name: mask}`` for every non-input group (the stored values, unchanged).
+
+  Raises:
+    KeyError: ``tree`` has no entry at a non-input group's path (or no ``mask`` there).
+  """
   return {g.name: get_path(tree, g.path)["mask"] for g in table.groups if g.kind != "input"}

@@ -63,7 +63,17 @@ def _registry():
 
 
 def get_cost_fn(name: str) -> Callable[[LayerTable, Mapping], jax.Array]:
-  """The registered cost model ``name`` (``cost(table, theta) -> scalar``)."""
+  """The registered cost model ``name`` (``cost(table, theta) -> scalar``).
+
+  Args:
+    name: a registered cost name (see :func:`cost_names`).
+
+  Returns:
+    The cost model, a callable ``cost(table, theta) -> scalar``.
+
+  Raises:
+    KeyError: unknown name; the message lists the registered names.
+  """
   return _registry().get_cost(name)
 
 
@@ -214,7 +224,16 @@ def lr_factor(schedule: Mapping, epoch: int, epochs: int) -> float:
 
 
 def temperature_at(t0: float, decay: float, epoch: int) -> float:
-  """Temperature at the start of search epoch ``epoch``: ``T0 * exp(-decay * epoch)`` (§2.4)."""
+  """Temperature at the start of search epoch ``epoch``: ``T0 * exp(-decay * epoch)`` (§2.4).
+
+  Args:
+    t0: initial temperature T0.
+    decay: exponential decay rate per epoch.
+    epoch: search epoch index (0-based).
+
+  Returns:
+    The temperature, a Python float.
+  """
   return float(t0) * math.exp(-float(decay) * epoch)
 
 
@@ -241,7 +260,16 @@ def strength_at(lams: Sequence[float], epoch: int, epochs: int, incremental: boo
 
 
 def earlystop_start(epochs: int, start: int = 20) -> int:
-  """Epochs ``<= earlystop_start`` never count for selection (``start`` if epochs > start, else -1)."""
+  """Epochs ``<= earlystop_start`` never count for selection (``start`` if epochs > start, else -1).
+
+  Args:
+    epochs: number of epochs of the phase.
+    start: the last epoch excluded from selection when the phase is longer than it.
+
+  Returns:
+    ``start`` if ``epochs > start``, else -1 (every epoch counts); the ``start`` of
+    :func:`end_epoch`.
+  """
   return start if epochs > start else -1
 
 
@@ -282,6 +310,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: Optional[
 
 
 # ---- steps ------------------------------------------------------------------------------------------------
+PHASES = ("warmup", "search", "finetune")
+
+
+def _check_phase(phase: str) -> None:
+  # A typo would otherwise silently select the fixed-precision (fine-tuning) path.
+  if phase not in PHASES:
+    raise ValueError(f"unknown phase {phase!r}; use one of {PHASES}")
+
+
 def _ctx(phase: str, train: bool, temperature=None, sampling: str = "softmax", key=None) -> Ctx:
   if phase == "warmup":
     return Ctx.float(train)
@@ -306,7 +343,11 @@ def init_state(phase: str, variables: Mapping, tx: optax.GradientTransformation,
 
   Returns:
     The state.
+
+  Raises:
+    ValueError: an unknown ``phase``.
   """
+  _check_phase(phase)
   variables = _unfreeze(variables)
   trainable = ("params", "arch") if phase == "search" else ("params",)
   params = {k: variables[k] for k in trainable}
@@ -353,8 +394,12 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
     lambda of the member, ``lr_scale`` the schedule factor, ``poison`` a float added to the loss
     (0; NaN in the fault-isolation tests). ``metrics``: ``loss``, ``task``, ``cost``, ``acc``,
     ``ok`` (the step was applied).
+
+  Raises:
+    ValueError: an unknown ``phase``.
   """
   del nan_member
+  _check_phase(phase)
   cost_fn = get_cost_fn(cost) if phase == "search" else None
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
@@ -424,10 +469,20 @@ def make_eval_step(model: Any, phase: str, *, class_weights: Optional[np.ndarray
                    ) -> Callable:
   """Evaluation in eval mode (argmax architecture during the search, running stats in warm-up).
 
+  Args:
+    model: the Flax model.
+    phase: ``warmup`` (float model), ``search`` (argmax architecture) or ``finetune`` (fixed
+      precisions).
+    class_weights: optional CE class weights (the loss sums are weighted by them).
+
   Returns:
     ``eval(params, extra, temperature, x, y, mask) -> {loss_sum, weight_sum, correct, count}``
     (sums, to be accumulated over padded batches).
+
+  Raises:
+    ValueError: an unknown ``phase``.
   """
+  _check_phase(phase)
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
   def evaluate(params, extra, temperature, x, y, mask):
@@ -443,8 +498,14 @@ def make_eval_step(model: Any, phase: str, *, class_weights: Optional[np.ndarray
 def make_cost_fn(table: LayerTable, names: Sequence[str]) -> Callable:
   """Costs of an architecture: soft (training-mode softmax at T) and one-hot (argmax).
 
+  Args:
+    table: the model's :class:`LayerTable` (static).
+    names: registered cost names to compute.
+
   Returns:
-    ``costs(arch, temperature) -> {'soft': {name: v}, 'hard': {name: v}}``.
+    ``costs(arch, temperature) -> {'soft': {name: v}, 'hard': {name: v}}``, where ``arch`` is the
+    ``arch`` collection. The names are looked up when ``costs`` runs (an unknown name raises
+    ``KeyError`` there, not here).
   """
   reg = _registry()
   names = tuple(names)
@@ -492,7 +553,15 @@ def end_epoch(state: TrainState, metric: jax.Array, *, start: int, patience: int
 
 
 def restore_best(state: TrainState) -> TrainState:
-  """End of phase: reload the best weights and optimizer state (if an epoch was ever selected)."""
+  """End of phase: reload the best weights and optimizer state (if an epoch was ever selected).
+
+  Args:
+    state: the member state at the end of the phase.
+
+  Returns:
+    The state with ``params``, ``extra`` and ``opt_state`` replaced by the ``best_*`` ones when
+    ``best_epoch >= 0``, unchanged otherwise (the other fields are kept as they are).
+  """
   has = state.best_epoch >= 0
   return state.replace(params=_where(has, state.best_params, state.params),
                        extra=_where(has, state.best_extra, state.extra),
@@ -500,7 +569,16 @@ def restore_best(state: TrainState) -> TrainState:
 
 
 def finetune_variables(search_params: Mapping, table: LayerTable) -> Dict[str, Any]:
-  """Fixed-mode variables for fine-tuning: the search weights and the argmax architecture."""
+  """Fixed-mode variables for fine-tuning: the search weights and the argmax architecture.
+
+  Args:
+    search_params: the search-phase trainable collections ``{'params', 'arch'}``.
+    table: the model's :class:`LayerTable`.
+
+  Returns:
+    ``{'params': ..., 'precision': ...}``: the search weights unchanged, and the argmax
+    architecture as a ``precision`` collection (:func:`jpq_jax.arch.freeze` of the ``arch`` logits).
+  """
   return {"params": search_params["params"], "precision": freeze(search_params["arch"], table)}
 
 

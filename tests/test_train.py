@@ -99,3 +99,18 @@ def test_nan_step_freezes_member():
   jax.tree_util.tree_map(np.testing.assert_array_equal, s2.params, s1.params)
   s3, _ = step(s2, x, y, jnp.float32(1e-6), jnp.float32(1.0), jnp.float32(0.0))
   assert bool(s3.failed) and int(s3.step) == 1  # stays frozen
+
+
+def test_unknown_phase_is_rejected():
+  # A typo must not silently select the fixed-precision path.
+  from jpq_jax import pit
+  from jpq_jax.models import DemoNet
+  tx = T.make_optimizer({"name": "sgd", "lr": 0.1})
+  with pytest.raises(ValueError, match="unknown phase 'serach'"):
+    T.make_train_step(DemoNet(), None, "serach", tx)
+  with pytest.raises(ValueError, match="unknown phase 'fine-tune'"):
+    T.make_eval_step(DemoNet(), "fine-tune")
+  with pytest.raises(ValueError, match="unknown phase 'warm'"):
+    T.init_state("warm", {"params": {}}, tx, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="unknown PIT phase 'search'"):
+    pit.make_eval_step(DemoNet(), None, "search")
