@@ -16,8 +16,8 @@ killed sweep resumes when rerun with the same ``--workdir`` and config.
 Multi-host (``jax.distributed``): start one ``jpq sweep`` per process, same config and work
 directory (a shared filesystem), each with its ``process_id``::
 
-  jpq sweep --config c.py --workdir runs/x distributed.enabled=true \
-      distributed.coordinator_address=10.0.0.1:9876 distributed.num_processes=2 \
+  jpq sweep --config c.py --workdir runs/x distributed.enabled=true \\
+      distributed.coordinator_address=10.0.0.1:9876 distributed.num_processes=2 \\
       distributed.process_id=0        # and =1 on the other process
 
 Only process 0 prints the front and writes the result files.
@@ -316,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       ``report``, ``inspect``, ``export`` or ``compare``.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="jpq", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="jpq", description=(__doc__ or "jpq").split("\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)
   p = sub.add_parser("sweep", help="run or resume a Pareto sweep")
   p.add_argument("--config", default=None, help="config file (default: the demo config)")
