@@ -148,15 +148,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     node = cfg
     parts = key.split(".")
     for i, p in enumerate(parts[:-1]):
-      if not isinstance(node, (dict, ml_collections.ConfigDict)):
-        raise ValueError(f"override {key!r}: {'.'.join(parts[:i])!r} is a value "
-                         f"({type(node).__name__}), not a group of fields")
       if p not in node:
         raise ValueError(f"override {key!r}: unknown config field {p!r}")
       node = node[p]
-    if not isinstance(node, (dict, ml_collections.ConfigDict)):
-      raise ValueError(f"override {key!r}: {'.'.join(parts[:-1])!r} is a value "
-                       f"({type(node).__name__}), not a group of fields")
+      if not isinstance(node, (dict, ml_collections.ConfigDict)):
+        raise ValueError(f"override {key!r}: {'.'.join(parts[:i + 1])!r} is a value "
+                         f"({type(node).__name__}), not a group of fields")
     leaf = parts[-1]
     if leaf not in node:
       raise ValueError(f"override {key!r}: unknown config field; known here: {sorted(node.keys())}")

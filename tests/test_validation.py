@@ -62,25 +62,21 @@ def _sweep(*over, workdir="w"):
                     os.path.join(t, workdir), "--no-progress", *over]
 
 
+def _config(name):
+  return lambda t: ["sweep", "--config", os.path.join(t, name)]
+
+
 # (row name, argv builder (tmp dir -> argv), text stderr must contain)
 CLI_ROWS = [
     # configs
-    ("config file missing", lambda t: ["sweep", "--config", os.path.join(t, "nope.py")],
-     "no such config file"),
-    ("config file syntax error", lambda t: ["sweep", "--config", os.path.join(t, "syntax.py")],
-     "syntax.py' line 1"),
-    ("config file raises", lambda t: ["sweep", "--config", os.path.join(t, "raises.py")],
-     "ModuleNotFoundError"),
-    ("config file without get_config", lambda t: ["sweep", "--config", os.path.join(t, "noget.py")],
-     "defines no get_config"),
-    ("config path is a directory", lambda t: ["sweep", "--config", os.path.join(t, "cfgdir")],
-     "is a directory, not a Python config file"),
-    ("config file not Python", lambda t: ["sweep", "--config", os.path.join(t, "a_file")],
-     "is not a Python file"),
-    ("get_config raises", lambda t: ["sweep", "--config", os.path.join(t, "getraises.py")],
-     "get_config() raised ZeroDivisionError"),
-    ("get_config returns a dict", lambda t: ["sweep", "--config", os.path.join(t, "getdict.py")],
-     "returned a dict, not an ml_collections.ConfigDict"),
+    ("config file missing", _config("nope.py"), "no such config file"),
+    ("config file syntax error", _config("syntax.py"), "syntax.py' line 1"),
+    ("config file raises", _config("raises.py"), "ModuleNotFoundError"),
+    ("config file without get_config", _config("noget.py"), "defines no get_config"),
+    ("config path is a directory", _config("cfgdir"), "is a directory, not a Python config file"),
+    ("config file not Python", _config("a_file"), "is not a Python file"),
+    ("get_config raises", _config("getraises.py"), "get_config() raised ZeroDivisionError"),
+    ("get_config returns a dict", _config("getdict.py"), "returned a dict, not an ml_collections"),
     ("override through a value", _sweep("search.epochs.x=1"), "'search.epochs' is a value (int)"),
     ("unknown field", _sweep("sweep.nope=1"), "unknown config field"),
     ("unparsable value", _sweep("search.epochs=abc"), "cannot parse 'abc'"),
