@@ -209,8 +209,8 @@ def as_precision_theta(theta: Mapping[str, jax.Array], table: LayerTable) -> Dic
     table: the layer table.
 
   Returns:
-    ``{group name: GroupTheta}`` for every group: ``w`` of shape ``(len(w_precisions), C)`` (the
-    last row is taken as the top precision) and ``a`` None; the input group gets
+    ``{group name: GroupTheta}`` for every group: ``w`` of shape ``(len(w_precisions), C)``
+    (nonzero on the 0-bit row and the top precision's row only) and ``a`` None; the input group gets
     ``GroupTheta(w=None, a=None)``.
   """
   out = {}
@@ -220,7 +220,8 @@ def as_precision_theta(theta: Mapping[str, jax.Array], table: LayerTable) -> Dic
       continue
     th = theta[g.name]
     n = len(g.w_precisions)
-    w = jnp.zeros((n, g.channels), th.dtype).at[n - 1].set(th if g.prunable else 1.0)
+    top = g.w_precisions.index(max(g.w_precisions))  # precision sets keep the user's order
+    w = jnp.zeros((n, g.channels), th.dtype).at[top].set(th if g.prunable else 1.0)
     if g.prunable:
       w = w.at[g.zero_index].set(1.0 - th)
     out[g.name] = GroupTheta(w=w, a=None)

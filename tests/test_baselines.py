@@ -131,6 +131,26 @@ def test_pit_theta_ste_and_cost():
   del model
 
 
+def test_pit_precision_theta_any_precision_order():
+  # Precision sets keep the user's order: the top precision's row is found, not assumed last.
+  def mapped(ws):
+    _, table, _ = sweep.build_model_from_config(
+        {"model": dict(H.tiny_config().model.to_dict(), w_precisions=ws)}, 10, (8, 8, 1))
+    theta = {g.name: np.linspace(0.1, 0.9, g.channels).astype(np.float32)
+             for g in table.groups if g.kind != "input"}
+    return table, pit.as_precision_theta(theta, table), pit.params_cost(table, theta)
+
+  table, fwd, cost_fwd = mapped((0, 2, 4, 8))
+  _, rev, cost_rev = mapped((8, 4, 2, 0))
+  for g in table.groups:
+    if g.kind == "input":
+      continue
+    a, b = np.asarray(fwd[g.name].w), np.asarray(rev[g.name].w)
+    np.testing.assert_array_equal(a, b[::-1])  # same rows, reversed order
+    np.testing.assert_allclose(a.sum(0), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(float(cost_fwd), float(cost_rev), rtol=1e-6)
+
+
 def test_pit_mixprec_pins_and_times():
   wd, res = method_run("pit_mixprec")
   st = res["train_time_s_stages"]
