@@ -462,8 +462,7 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
   if not os.path.exists(final):
     raise FileNotFoundError(f"{workdir!r} has no finished sweep (no 'final' checkpoint); run or "
                             "resume the sweep first")
-  with open(os.path.join(workdir, "config.json")) as f:
-    cfg = json.load(f)["config"]
+  cfg = sweep.run_config(workdir)  # the method's search space (e.g. fixed_bits), not the raw one
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   n = len(results["members"])

@@ -254,9 +254,7 @@ def _cmd_inspect(args, rest) -> int:
     raise ValueError("jpq inspect: give a sweep work directory or --model NAME")
   results = _load_results(args.workdir)
   if args.table:  # the run's model as a static layer table (channels, kernels, groups, MACs)
-    with open(os.path.join(args.workdir, "config.json")) as f:
-      saved = json.load(f)
-    cfg = saved.get("resolved_config") or saved.get("config") or saved
+    cfg = sweep_lib.run_config(args.workdir)
     _, table, _ = sweep_lib.build_model_from_config(cfg, results["num_classes"],
                                                     results["input_shape"])
     print(table)

@@ -55,6 +55,7 @@ __all__ = [
     "STRATEGIES", "base_config", "demo_config", "validate_config", "ConfigError", "run_sweep",
     "build_model_from_config", "fixed_variables_template", "choose_strategy", "make_executor",
     "load_dataset", "library_versions", "init_distributed", "METHODS", "resolve_method",
+    "run_config",
 ]
 
 STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
@@ -448,6 +449,39 @@ def load_dataset(cfg):
 def _loader_cls():
   from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   return data_lib.Loader
+
+
+def run_config(workdir: str) -> Dict[str, Any]:
+  """The config a sweep in ``workdir`` trained with (its method resolved), from ``config.json``.
+
+  The model of a member must be built from this one, not from the config as given: a method
+  rewrites the search space (``fixed`` sets the weight and activation precisions from
+  ``fixed_bits``, ``mixprec`` drops the 0 bit, ...; see :func:`resolve_method`).
+
+  Args:
+    workdir: the sweep's work directory.
+
+  Returns:
+    The resolved config as a dict (``resolved_config`` of ``config.json``; for a work directory
+    written before that was recorded, :func:`resolve_method` of its ``config``).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no ``config.json``.
+    ValueError: ``config.json`` is not valid JSON or holds no config.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir!r} holds no config.json: not a sweep work directory")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+    raise ValueError(f"{path}: holds no sweep config")
+  if isinstance(saved.get("resolved_config"), dict):
+    return saved["resolved_config"]
+  return resolve_method(ml_collections.ConfigDict(saved["config"])).to_dict()
 
 
 def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):

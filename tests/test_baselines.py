@@ -26,7 +26,7 @@ def method_run(method):
   if method not in _RUNS:
     c = H.tiny_config()
     c.method = method
-    c.fixed_bits = (4, 8)
+    c.fixed_bits = (4, 6)  # activations off the default 8 bits: restores must use them
     c.warmup.checkpoint = os.path.join(H.shared_run("warm")[0], "warmup")
     c.pit.search.epochs = 2
     c.pit.finetune.epochs = 2
@@ -52,14 +52,22 @@ def test_method_recorded(method):
 
 
 def test_fixed_is_fixed_everywhere():
-  _, res = method_run("fixed")
-  assert res["fixed_bits"] == [4, 8] and len(res["members"]) == 1  # lambda is irrelevant
+  wd, res = method_run("fixed")
+  assert res["fixed_bits"] == [4, 6] and len(res["members"]) == 1  # lambda is irrelevant
   assert "finetune" not in res["times_s"]  # the duplicate fine-tuning is skipped
   m = res["members"][0]
   for l in m["layers"].values():
     assert {b: c for b, c in l["w_bits_hist"].items() if c} == {"4": l["cout"]}
-    assert l["a_bits"] in (8, None)  # None: the classifier's unquantized output
+    assert l["a_bits"] in (6, None)  # None: the classifier's unquantized output
   assert m["costs_argmax"]["size"] == 4 * m["costs_argmax"]["params"]
+  # The standalone member is built with the method's precisions (4-bit weights, 6-bit
+  # activations), so it scores what the sweep measured.
+  model, variables, _ = jpq.restore_member(wd, 0)
+  assert set(np.unique(np.asarray(jax.tree_util.tree_leaves(variables["precision"])[0]))) <= {4, 6}
+  ds = sweep.load_dataset(H.tiny_config())
+  logits = model.apply(variables, np.asarray(ds.test.x), Ctx.fixed()).value
+  acc = float(np.mean(np.argmax(np.asarray(logits), -1) == ds.test.y))
+  np.testing.assert_allclose(acc, m["test_acc"], atol=2.5 / len(ds.test.y))
 
 
 def test_mixprec_and_layerwise():
