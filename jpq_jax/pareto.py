@@ -161,12 +161,11 @@ def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
     The front rows (see :func:`front_of_results`), also written to ``pareto.json`` (with the cost
     and metric the front was taken on) and ``pareto.csv``.
   """
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  _write_json(os.path.join(workdir, "results.json"), results)
   front = front_of_results(results)
-  with open(os.path.join(workdir, "pareto.json"), "w") as f:
-    json.dump({"cost": default_cost(results), "metric": results.get("pareto_metric", "test_acc"),
-               "front": front}, f, indent=2)
+  _write_json(os.path.join(workdir, "pareto.json"),
+              {"cost": default_cost(results), "metric": results.get("pareto_metric", "test_acc"),
+               "front": front})
   with open(os.path.join(workdir, "pareto.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["member", "lambda", "seed", "cost_name", "cost", "unit", "accuracy", "val_acc",
@@ -179,6 +178,15 @@ def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
   except ImportError:
     pass  # matplotlib missing: the table files are enough
   return front
+
+
+def _write_json(path: str, obj: Any) -> None:
+  # Atomically (a temporary file renamed over the old one): a crash mid-write leaves the previous
+  # file or the new one, never a truncated one.
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
 
 
 def load_results(workdir: str) -> Dict[str, Any]:

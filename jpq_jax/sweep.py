@@ -1353,9 +1353,13 @@ class Sweep:
         log.write_final(results, base_f + e_f + 1)
         self._meta = dict(self._meta, phase="done", epoch=0)
         self._save(base_f + e_f + 1, final, self._meta)
-      elif phase != "pit_done":  # already done: rebuild the results from the files
-        with open(os.path.join(self.workdir, "results.json")) as f:
-          results = json.load(f)
+      elif phase != "pit_done":  # already done: the results from the files
+        results = self._read_results()
+        if results is None:  # missing or damaged: evaluate the final checkpoint again
+          final = self.ckpt.restore(step, self._finetune_template())
+          _, ex = self._make_ex("finetune", self.n_pad)
+          ex.set_states(final)
+          results = self._results(ex, final)
     finally:
       self.ckpt.close()
       log.close()
@@ -1366,6 +1370,23 @@ class Sweep:
     return results
 
   # -- pieces --
+  def _read_results(self) -> Optional[Dict[str, Any]]:
+    """``results.json`` of a finished sweep, or None (with a note) when missing or damaged."""
+    path = os.path.join(self.workdir, "results.json")
+    try:
+      with open(path) as f:
+        results = json.load(f)
+      if isinstance(results, dict) and isinstance(results.get("members"), list):
+        return results
+      why = "holds no sweep results"
+    except FileNotFoundError:
+      why = "is missing"
+    except ValueError as e:
+      why = f"is not valid JSON ({e})"
+    if self.is_main:
+      print(f"jpq sweep: {path} {why}: rebuilding it from the final checkpoint", file=sys.stderr)
+    return None
+
   def _save(self, step, state, meta):
     # The executors donate their state to the next step while the async write may still be reading
     # it: hand Orbax copies. Process-local arrays become host numpy (with several processes they

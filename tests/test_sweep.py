@@ -159,3 +159,30 @@ def test_auto_strategy_rule():
   assert sweep.choose_strategy("auto", 1, "gpu") == "vmap"
   assert sweep.choose_strategy("auto", 8, "tpu") == "sharded"
   assert sweep.choose_strategy("vmap", 1, "cpu") == "vmap"
+
+
+def test_finished_sweep_rebuilds_missing_or_damaged_results(loop3, tmp_path, capsys):
+  """A finished sweep whose results.json is lost or truncated gets it back by rerunning."""
+  import shutil
+  wd, res = loop3
+  c = H.tiny_config(strategy="loop")
+  c.warmup.checkpoint = os.path.join(H.shared_run("warm")[0], "warmup")
+  for damage in ("missing", "truncated"):
+    copy = str(tmp_path / damage)
+    shutil.copytree(wd, copy)
+    path = os.path.join(copy, "results.json")
+    if damage == "missing":
+      os.remove(path)
+    else:
+      with open(path, "r+") as f:
+        f.truncate(300)
+    again = sweep.run_sweep(c, copy, progress=False)
+    assert ("is missing" if damage == "missing" else "is not valid JSON") in capsys.readouterr().err
+    for a, b in zip(again["members"], res["members"]):
+      assert a["lambda"] == b["lambda"] and a["costs_argmax"] == b["costs_argmax"]
+      assert a["layers"] == b["layers"]
+      np.testing.assert_allclose(a["test_acc"], b["test_acc"], atol=1e-9)
+      np.testing.assert_allclose(a["val_acc"], b["val_acc"], atol=1e-9)
+    with open(path) as f:
+      assert len(json.load(f)["members"]) == len(res["members"])
+    assert not [n for n in os.listdir(copy) if ".tmp" in n]  # the atomic write left no temporaries
