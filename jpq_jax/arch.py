@@ -132,7 +132,11 @@ def freeze(arch: Mapping, table: LayerTable, temperature: float = 1.0) -> Dict[s
 
   Returns:
     A ``precision`` collection: per group ``w_bits`` (C,) int32 and ``a_bits`` () int32.
+
+  Raises:
+    ValueError: a concrete temperature that is not a finite number > 0.
   """
+  choice.check_temperature(temperature, "freeze")
   if isinstance(arch, Mapping) and "arch" in arch:
     arch = arch["arch"]
   out: Dict[str, Any] = {}

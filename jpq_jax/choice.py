@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "SAMPLINGS",
@@ -72,6 +73,28 @@ def validate_precisions(precisions: Sequence[int], what: str, allow_zero: bool =
   if max(out) == 0:
     raise ValueError(f"{what}: at least one non-zero bit-width is needed, got {tuple(out)}")
   return tuple(out)
+
+
+def check_temperature(temperature, what: str) -> None:
+  """Reject a concrete temperature that is not a finite number > 0 (traced ones pass through).
+
+  ``softmax(alpha / T)`` at T = 0 is NaN and at T < 0 inverts the argmax (every channel pruned);
+  a hard argmax is evaluation mode (``train=False``) or ``sampling='hard'``, not T = 0.
+
+  Args:
+    temperature: a Python number or an array (one temperature, or one per member).
+    what: the caller, for the message.
+
+  Raises:
+    ValueError: a concrete temperature that is NaN, infinite or <= 0.
+  """
+  try:
+    t = np.asarray(temperature, np.float64)
+  except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return  # traced (inside jit/vmap): checked where it was created
+  if t.size and not (np.isfinite(t).all() and (t > 0).all()):
+    raise ValueError(f"{what}: temperature must be a finite number > 0, got {temperature!r} (for a "
+                     "hard argmax use train=False or sampling='hard')")
 
 
 def init_logits(precisions: Sequence[int], channels: Optional[int] = None) -> jax.Array:

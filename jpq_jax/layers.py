@@ -97,7 +97,12 @@ class Ctx:
   @classmethod
   def search(cls, temperature: Any = 1.0, train: bool = False, sampling: str = "softmax",
              key: Optional[jax.Array] = None) -> "Ctx":
-    """Search mode at temperature ``temperature`` (an array or float)."""
+    """Search mode at temperature ``temperature`` (an array or float).
+
+    Raises:
+      ValueError: a concrete temperature that is not a finite number > 0.
+    """
+    choice.check_temperature(temperature, "Ctx.search")
     return cls(mode="search", train=train, sampling=sampling,
                temperature=jnp.asarray(temperature, jnp.float32), key=key)
 
@@ -480,8 +485,25 @@ class InputQuantizer(nn.Module):
                            a_precisions=ps, signed=self.space.input_signed),
                reduce_fn=lambda prev, new: new, init_fn=lambda: None)
     if ctx.mode == "float":
+      # Search/fixed variables applied in float mode would run the unquantized network silently
+      # (or fail deep in BatchNorm): say which mode they belong to.
+      for col, mode in (("arch", "search"), ("precision", "fixed")):
+        if self.has_variable(col, "alpha_a" if col == "arch" else "a_bits"):
+          raise ValueError(f"float mode, but the variables hold the {col!r} collection ({mode} "
+                           f"variables): apply them with jpq_jax.Ctx.{mode}() (Ctx() is float mode)")
       return QTensor(value=x, s_a=None, group=name)
+    if not self.is_initializing() and not self.has_variable("params", "clip" if not
+                                                            self.space.input_signed else "clip_sup"):
+      raise ValueError(f"{ctx.mode} mode needs converted variables, but the input quantizer {name!r} "
+                       "has no PACT clip: these are float variables; convert them with "
+                       "jpq_jax.to_search(model, float_variables, sample_input) first"
+                       + (" and freeze them with jpq_jax.to_fixed(...)" if ctx.mode == "fixed"
+                          else ""))
     if ctx.mode == "search":
+      if not self.is_initializing() and not self.has_variable("arch", "alpha_a"):
+        raise ValueError(f"search mode needs an 'arch' collection, but the input quantizer {name!r} "
+                         "has none: pass the search variables (jpq_jax.to_search(...)), not fixed "
+                         "or float ones")
       alpha = _var(self, "arch", "alpha_a", lambda: choice.init_logits(ps))
       key = choice.activation_key(ctx.key, name, is_input=True)
       th = choice.sample_theta(alpha, ctx.temperature, train=ctx.train, sampling=ctx.sampling, key=key)

@@ -241,9 +241,40 @@ def _checkpoint_rows():
   ]
 
 
+def _mode_rows():
+  """Variables of one mode applied in another (each silently wrong or a deep Flax error before)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jpq_jax as jpq  # pylint: disable=import-outside-toplevel
+  from jpq_jax.models import DemoNet  # pylint: disable=import-outside-toplevel
+  model = DemoNet(width=4)
+  x = np.random.RandomState(0).rand(2, 8, 8, 1).astype(np.float32)
+  fv = model.init(jax.random.PRNGKey(1), x, jpq.Ctx.float())
+  sv = jpq.to_search(model, fv, x)
+  fx = jpq.to_fixed(sv, jpq.trace_table(model, x))
+  return [
+      ("search mode on float variables", lambda t: model.apply(fv, x, jpq.Ctx.search()),
+       ValueError, "convert them with jpq_jax.to_search"),
+      ("fixed mode on float variables",
+       lambda t: model.apply({**fv, "precision": fx["precision"]}, x, jpq.Ctx.fixed()),
+       ValueError, "and freeze them with jpq_jax.to_fixed"),
+      ("search mode on fixed variables", lambda t: model.apply(fx, x, jpq.Ctx.search()),
+       ValueError, "search mode needs an 'arch' collection"),
+      ("float mode on search variables", lambda t: model.apply(sv, x, jpq.Ctx()),
+       ValueError, r"apply them with jpq_jax.Ctx.search\(\)"),
+      ("float mode on fixed variables", lambda t: model.apply(fx, x, jpq.Ctx.float()),
+       ValueError, r"apply them with jpq_jax.Ctx.fixed\(\)"),
+  ]
+
+
 def _quant_rows():
+  import jpq_jax as jpq  # pylint: disable=import-outside-toplevel
   from jpq_jax import quant  # pylint: disable=import-outside-toplevel
   return [
+      ("search temperature 0", lambda t: jpq.Ctx.search(0.0), ValueError, "finite number > 0"),
+      ("negative member temperatures", lambda t: jpq.Ctx.search(np.array([1.0, -1.0])),
+       ValueError, "finite number > 0"),
+      ("freeze at NaN temperature", lambda t: jpq.freeze({}, None, float("nan")), ValueError,
+       "freeze: temperature"),
       ("activation scale at 0 bits", lambda t: quant.pact_scale(1.0, 0), ValueError, "bits > 0"),
       ("signed activation scale at 0 bits", lambda t: quant.pact_signed_scale(-1.0, 1.0, 0),
        ValueError, "bits > 0"),
@@ -251,7 +282,7 @@ def _quant_rows():
 
 
 def test_bad_library_inputs(tmp_path):
-  rows = _bundle_rows() + _checkpoint_rows() + _quant_rows()
+  rows = _bundle_rows() + _checkpoint_rows() + _quant_rows() + _mode_rows()
   if not _bundle_rows():
     print("\n(export.load_bundle not available: bundle rows skipped)")
   for name, call, exc, want in rows:
