@@ -358,6 +358,40 @@ def test_image_folder_missing_pieces(tmp_path):
     data.load(f"folder:{tmp_path / 'empty.zip'}")
 
 
+def test_image_folder_bad_contents_named(tmp_path):
+  # An unreadable image is named (Pillow's own message names a BytesIO).
+  files = _folder_images(per_class=2)
+  files["train/dog/bad.jpg"] = b"not an image"
+  _write_dir(tmp_path / "corrupt", files)
+  with pytest.raises(data.DataError, match=r"'train/dog/bad.jpg' is not a readable image"):
+    data.load(f"folder:{tmp_path / 'corrupt'}")
+  # One class only: nothing to classify.
+  _write_dir(tmp_path / "single", _folder_images(classes=("cat",)))
+  with pytest.raises(data.DataError, match="only 1 class folder"):
+    data.load(f"folder:{tmp_path / 'single'}")
+  # A class with test images but no training images (empty folder, or images one level too deep).
+  files = _folder_images(per_class=2)
+  files = {k: v for k, v in files.items() if not k.startswith("train/emu/")}
+  files["train/emu/sub/0000.png"] = files["test/emu/0000.png"]
+  _write_dir(tmp_path / "nested", files)
+  with pytest.raises(data.DataError, match=r"\['emu'\] have no images in train/"):
+    data.load(f"folder:{tmp_path / 'nested'}")
+
+
+def test_image_folder_cache_follows_moved_files(tmp_path):
+  # Moving an image to another class folder keeps the file count, sizes and times: the cache
+  # must still notice (its labels changed).
+  _write_dir(tmp_path / "d", _folder_images(per_class=3))
+  before = data.load(f"folder:{tmp_path / 'd'}", seed=0)
+  src, dst = tmp_path / "d/train/cat/0000.png", tmp_path / "d/train/dog/0100.png"
+  st = os.stat(src)
+  os.rename(src, dst)
+  os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+  after = data.load(f"folder:{tmp_path / 'd'}", seed=0)
+  counts = lambda ds: np.bincount(np.concatenate([ds.train.y, ds.val.y]), minlength=3).tolist()
+  assert counts(before) == [3, 3, 3] and counts(after) == [2, 4, 3]
+
+
 # ------------------------------------------------------------------------------------ bad inputs
 
 

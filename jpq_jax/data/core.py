@@ -264,19 +264,24 @@ def source_stamp(path: str) -> tuple:
     path: file or directory.
 
   Returns:
-    ``(abspath, size, mtime_ns)`` for a file, ``(abspath, file count, total size, latest mtime_ns)``
-    for a directory.
+    ``(abspath, size, mtime_ns)`` for a file, ``(abspath, file count, total size, latest mtime_ns,
+    digest)`` for a directory, where ``digest`` hashes every file's relative path and size: moving
+    a file to another class or split folder keeps count, sizes and times but changes the labels.
   """
   path = os.path.abspath(path)
   if os.path.isfile(path):
     st = os.stat(path)
     return (path, st.st_size, st.st_mtime_ns)
   total, latest, count = 0, 0, 0
-  for dirpath, _, filenames in os.walk(path):
-    for f in filenames:
-      st = os.stat(os.path.join(dirpath, f))
+  digest = hashlib.sha1()
+  for dirpath, dirnames, filenames in os.walk(path):
+    dirnames.sort()
+    for f in sorted(filenames):
+      full = os.path.join(dirpath, f)
+      st = os.stat(full)
       total, latest, count = total + st.st_size, max(latest, st.st_mtime_ns), count + 1
-  return (path, count, total, latest)
+      digest.update(f"{os.path.relpath(full, path)}\0{st.st_size}\n".encode())
+  return (path, count, total, latest, digest.hexdigest())
 
 
 def save_cache(path: str, **arrays) -> None:

@@ -122,7 +122,8 @@ def read_image_folder(path: str, *, image_size: Optional[int] = None, grayscale:
 
   Raises:
     DatasetNotFoundError: the path does not exist.
-    DataError: no images, images of different sizes, or a class outside ``class_names``.
+    DataError: no images, images of different sizes, an unreadable image (named), fewer than 2
+      classes, a class without training images, or a class outside ``class_names``.
   """
   files, _ = list_image_folder(path)
   found = sorted({c for split in files.values() for c in split})
@@ -131,6 +132,14 @@ def read_image_folder(path: str, *, image_size: Optional[int] = None, grayscale:
   unknown = sorted(set(found) - set(class_names))
   if unknown:
     raise DataError(f"{path}: class folders {unknown} are not among the classes {class_names}")
+  if len(found) < 2:
+    raise DataError(f"{path}: only {len(found)} class folder ({found}) holds images; a classifier "
+                    "needs at least 2 (layout <split>/<class>/<image>)")
+  if "train" in files:
+    untrained = sorted(set(found) - set(files["train"]))
+    if untrained:
+      raise DataError(f"{path}: class(es) {untrained} have no images in train/ (empty or missing "
+                      "folders; images nested deeper than <split>/<class>/ are not read)")
   cache_file = None
   if use_cache:
     key = cache_key(_CACHE_VERSION, source_stamp(path), image_size, grayscale, list(class_names))
@@ -152,11 +161,18 @@ def read_image_folder(path: str, *, image_size: Optional[int] = None, grayscale:
     splits = {}
     for split, by_class in sorted(files.items()):
       items = [(class_names.index(c), n) for c in sorted(by_class) for n in by_class[c]]
-      first = decode_image(read(items[0][1]), image_size, grayscale)
+      def decode(name: str) -> np.ndarray:
+        try:
+          return decode_image(read(name), image_size, grayscale)
+        except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unreadable files
+          raise DataError(f"{path}: {name!r} is not a readable image ({type(e).__name__}: {e}); "
+                          "remove or replace it") from None
+
+      first = decode(items[0][1])
       x = np.empty((len(items), *first.shape), np.uint8)
       y = np.empty((len(items),), np.int32)
       for i, (label, name) in enumerate(items):
-        img = first if i == 0 else decode_image(read(name), image_size, grayscale)
+        img = first if i == 0 else decode(name)
         if img.shape != first.shape:
           raise DataError(f"{path}: image {name!r} has shape {img.shape} but {items[0][1]!r} has "
                           f"{first.shape}; pass image_size=... to resize all images")
