@@ -267,7 +267,8 @@ def _cmd_export(args, rest) -> int:
   from jpq_jax import export  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq export: unexpected arguments {rest}")
-  bundle = export.export_member(args.workdir, args.member, args.out)
+  bundle = export.export_member(args.workdir, args.member, args.out,
+                                allow_failed=args.allow_failed)
   print(bundle.report())
   print(f"bundle: {os.path.abspath(args.out)} (manifest.json, weights.npz)")
   return 0
@@ -330,6 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("workdir")
   p.add_argument("--member", type=int, default=0)
   p.add_argument("--out", required=True, help="bundle directory to write")
+  p.add_argument("--allow-failed", action="store_true",
+                 help="export a member the sweep marked failed (refused by default)")
   p = sub.add_parser("compare", help="compare the fronts of several sweeps (iso-accuracy)")
   p.add_argument("workdirs", nargs="+", help="sweep work directories (the first is the reference)")
   p.add_argument("--out", default="compare", help="output directory (default ./compare)")

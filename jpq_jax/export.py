@@ -569,20 +569,22 @@ def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = 
   return Bundle(manifest=manifest, arrays=arrays)
 
 
-def export_member(workdir: str, member: int, out: str) -> Bundle:
+def export_member(workdir: str, member: int, out: str, allow_failed: bool = False) -> Bundle:
   """Export member ``member`` of a finished sweep in ``workdir`` to the bundle directory ``out``.
 
   Args:
     workdir: the sweep's work directory.
     member: member index (as in ``results.json``).
     out: bundle directory (created).
+    allow_failed: export a member the sweep marked failed (non-finite loss) or not ``ok`` too.
 
   Returns:
     The saved bundle.
 
   Raises:
     FileNotFoundError: the sweep has not finished. IndexError: no such member.
-    BundleError: see :func:`export_model`; also for a ``pit`` sweep (float members).
+    BundleError: see :func:`export_model`; also for a ``pit`` sweep (float members), and for a
+      failed member unless ``allow_failed`` (the message lists the front's members).
   """
   from jpq_jax.checkpoint import restore_member  # pylint: disable=import-outside-toplevel
   results_path = os.path.join(workdir, "results.json")
@@ -596,6 +598,14 @@ def export_member(workdir: str, member: int, out: str) -> Bundle:
         "integer (fixed-precision) network. Export the pit_mixprec run's members instead, or "
         "take the float model with jpq_jax.restore_member and jpq_jax.pit.prune_physically")
   model, variables, table = restore_member(workdir, member)  # raises if the sweep is unfinished
+  m = results["members"][member]
+  if not allow_failed and (m.get("failed") or m.get("status", "ok") != "ok"):
+    from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+    front = [r["member"] for r in pareto.front_of_results(results)]
+    why = m.get("status") if m.get("status", "ok") != "ok" else "failed"
+    raise BundleError(f"member {member} of {workdir!r} did not train to a usable model ({why}); "
+                      f"export one of the front's members {front} (or pass allow_failed=True / "
+                      "--allow-failed)")
   shape = tuple(results["input_shape"])
   sample = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)  # input_shape has no batch axis
   bundle = export_model(model, variables, table, sample)

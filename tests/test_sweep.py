@@ -85,6 +85,13 @@ def test_nan_member_isolated(warm, loop3, tmp_path):
     np.testing.assert_allclose(ms[k]["test_acc"], ref[k]["test_acc"], atol=1e-6)
   with open(os.path.join(wd, "pareto.json")) as f:
     assert 1 not in [r["member"] for r in json.load(f)["front"]]
+  # The failed member is not exported by mistake (the CLI's --member defaults to 0).
+  from jpq_jax import cli, export
+  with pytest.raises(export.BundleError, match=r"member 1 .* did not train .*front's members"):
+    export.export_member(wd, 1, str(tmp_path / "b1"))
+  assert cli.main(["export", wd, "--member", "1", "--out", str(tmp_path / "b1")]) == 2
+  assert cli.main(["export", wd, "--member", "1", "--out", str(tmp_path / "b1"),
+                   "--allow-failed"]) == 0
 
 
 def test_results_files(loop3):
