@@ -122,6 +122,10 @@ def _parse_value(text: str, current):
   return ast.literal_eval(text)
 
 
+# Config groups whose keys are not fixed: an override may add one (``data.options.image_size=32``).
+FREE_FORM = ("data.options",)
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
   """Apply ``a.b=value`` overrides in place (the value is parsed as the field's current type).
 
@@ -131,6 +135,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
       ``1/true/yes/on`` or ``0/false/no/off``; tuples and lists take comma-separated values
       (optionally in brackets), parsed as the type of the current first element; a field that is
       None or a string takes the text as is; other types are parsed with ``ast.literal_eval``.
+      A key of a free-form group (:data:`FREE_FORM`, e.g. ``data.options.image_size=32``) may be
+      new; its value is ``true``/``false`` (any case) as a boolean, else parsed with
+      ``ast.literal_eval``, else kept as text.
 
   Returns:
     None; ``cfg`` is updated in place.
@@ -155,6 +162,18 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         raise ValueError(f"override {key!r}: {'.'.join(parts[:i + 1])!r} is a value "
                          f"({type(node).__name__}), not a group of fields")
     leaf = parts[-1]
+    if leaf not in node and ".".join(parts[:-1]) in FREE_FORM:
+      # A new keyword option of the dataset: its type is the value's own.
+      if text.lower() in ("true", "false"):
+        value = text.lower() == "true"
+      else:
+        try:
+          value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+          value = text
+      with node.unlocked() if hasattr(node, "unlocked") else _null():
+        node[leaf] = value
+      continue
     if leaf not in node:
       raise ValueError(f"override {key!r}: unknown config field; known here: {sorted(node.keys())}")
     try:

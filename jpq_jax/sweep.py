@@ -435,15 +435,20 @@ def load_dataset(cfg):
 
   Raises:
     ValueError: unknown dataset name.
-    TypeError: an option the dataset does not take.
+    ConfigError: an option (``data.options``) the dataset does not take.
     jpq_jax.data.DatasetNotFoundError: the data is not present; the message says how to get it.
     jpq_jax.data.DataError: malformed data.
   """
   # Imported lazily: the data package pulls in tensorflow-datasets, which the library does not need.
   from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   opts = dict(cfg["data"].get("options") or {})
-  return data_lib.load(cfg["data"]["name"], data_dir=cfg["data"].get("data_dir") or None,
-                       seed=int(cfg["seed"]), **opts)
+  try:
+    return data_lib.load(cfg["data"]["name"], data_dir=cfg["data"].get("data_dir") or None,
+                         seed=int(cfg["seed"]), **opts)
+  except TypeError as e:
+    if "does not take option" not in str(e):
+      raise
+    raise _field_error("data.options", str(e)) from None
 
 
 def _loader_cls():

@@ -92,3 +92,6 @@ def test_overrides():
                           "search.cost=mpic", "sweep.async_checkpoint=false"])
   assert c.sweep.lambdas == (1e-6, 1e-5) and c.search.epochs == 7
   assert c.search.cost == "mpic" and c.sweep.async_checkpoint is False
+  # Dataset options are free-form: a new key takes the value's own type.
+  cli.apply_overrides(c, ["data.options.image_size=32", "data.options.grayscale=true"])
+  assert c.data.options.image_size == 32 and c.data.options.grayscale is True

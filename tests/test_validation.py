@@ -106,6 +106,8 @@ CLI_ROWS = [
      "--cost 'nope'"),
     # datasets
     ("unknown dataset", _sweep("data.name=mnist"), "unknown dataset 'mnist'"),
+    ("unknown dataset option", _sweep("data.options.imagesize=8"),
+     "'data.options': dataset 'demo' does not take option(s) ['imagesize']"),
     ("dataset not prepared", _sweep("data.name=cifar10", "data.data_dir=/nonexistent_jpq"),
      "not prepared"),
     ("image folder missing", _sweep("data.name=folder:/nonexistent_jpq"),

@@ -58,7 +58,7 @@ def load_folder(path: str, seed: int = 14, *, val_fraction: float = 0.2,
   if test is None:
     if test_fraction is None:
       raise DataError(f"{path}: no test/ split (found {sorted(splits)}); add one or pass "
-                      "test_fraction=...")
+                      "test_fraction=... (jpq sweep: data.options.test_fraction=0.2)")
     test_ds = image_protocol(name, train_full, train_full, num_classes=len(class_names),
                              seed=seed + 7919, val_fraction=test_fraction, augment=None)
     train_full, test = test_ds.train, test_ds.val

@@ -175,7 +175,8 @@ def read_image_folder(path: str, *, image_size: Optional[int] = None, grayscale:
         img = first if i == 0 else decode(name)
         if img.shape != first.shape:
           raise DataError(f"{path}: image {name!r} has shape {img.shape} but {items[0][1]!r} has "
-                          f"{first.shape}; pass image_size=... to resize all images")
+                          f"{first.shape}; pass image_size=... to resize all images (jpq sweep: "
+                          "data.options.image_size=N)")
         x[i], y[i] = img, label
       splits[split] = (x, y)
   finally:
