@@ -368,6 +368,14 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       T.lr_factor(p.schedule, 0, 1)
     except (ValueError, KeyError) as e:
       raise _field_error(f"{ph}.schedule", str(e)) from None
+  wc = str(cfg.warmup.get("checkpoint") or "")
+  if wc:
+    if not os.path.isdir(wc):
+      raise _field_error("warmup.checkpoint", f"{wc!r} is not a directory (give the warmup/ "
+                         "directory of an earlier run)")
+    if any(os.path.exists(os.path.join(wc, f)) for f in ("config.json", "checkpoints")):
+      raise _field_error("warmup.checkpoint", f"{wc!r} is a sweep work directory, not a warm-up "
+                         f"checkpoint; use {os.path.join(wc, 'warmup')!r}")
   if int(cfg.search.epochs) < 1:
     raise _field_error("search.epochs", "the search needs at least one epoch")
   if not cfg.search.temperature > 0:
@@ -388,7 +396,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     raise _field_error("sweep.data_devices", "a data axis needs strategy 'sharded'")
   if workdir is not None:
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    if os.path.exists(path) and _holds_work(workdir):
       with open(path) as f:
         old = json.load(f).get("config", {})
       new = json.loads(cfg.to_json_best_effort())
@@ -402,6 +410,17 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       if diff is not None:
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
                            f"differs at {diff!r}); use a new --workdir or the same config to resume")
+
+
+def _holds_work(workdir: str) -> bool:
+  """Whether a work directory holds anything trained (a checkpoint, the warm-up, the final state).
+
+  A run that stopped before its first checkpoint (a bad path, data that failed to load) left only
+  its config.json: the directory may then be reused with a corrected config.
+  """
+  ckpts = os.path.join(workdir, "checkpoints")
+  return (any(os.path.exists(os.path.join(workdir, d)) for d in ("warmup", "final", "pit"))
+          or (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))))
 
 
 def _first_diff(a, b, prefix="", ignore=()) -> Optional[str]:

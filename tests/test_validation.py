@@ -50,7 +50,7 @@ def _fixtures(tmp):
                             "layers": {}, "groups": {}, "status": "ok"}],
                "pareto_cost": "size", "pareto_metric": "test_acc"}, f)
   other_run = os.path.join(tmp, "other_run")
-  os.makedirs(other_run)
+  os.makedirs(os.path.join(other_run, "warmup"))  # something trained: not reusable
   c = H.tiny_config(lambdas=(1e-6,))
   with open(os.path.join(other_run, "config.json"), "w") as f:
     json.dump({"config": json.loads(c.to_json_best_effort())}, f)
@@ -115,6 +115,11 @@ CLI_ROWS = [
     # work directories
     ("workdir is a file", _sweep(workdir="a_file"), "is a file, not a directory"),
     ("workdir of another run", _sweep(workdir="other_run"), "holds another run"),
+    ("warm-up checkpoint is a work directory",
+     lambda t: _sweep("warmup.checkpoint=" + os.path.join(t, "other_run"))(t),
+     "is a sweep work directory, not a warm-up checkpoint; use"),
+    ("warm-up checkpoint missing", _sweep("warmup.checkpoint=/nonexistent_jpq_warm"),
+     "is not a directory"),
     ("report of no sweep", lambda t: ["report", os.path.join(t, "empty")], "has no results.json"),
     ("report of damaged results", lambda t: ["report", os.path.join(t, "bad_json")],
      "results.json is not valid JSON"),
@@ -291,3 +296,16 @@ def test_bad_library_inputs(tmp_path):
     with pytest.raises(exc, match=want):
       call(str(tmp_path))
   print(f"\nbad library inputs tried: {len(rows)} (export bundles {len(_bundle_rows())})")
+
+
+def test_workdir_of_a_run_that_trained_nothing_is_reusable(tmp_path):
+  """A run stopped before anything was trained (only config.json) does not lock its directory."""
+  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "w")
+  os.makedirs(wd)
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump({"config": json.loads(H.tiny_config(lambdas=(1e-6,)).to_json_best_effort())}, f)
+  sweep.validate_config(H.tiny_config(), wd)  # different lambdas, nothing trained: accepted
+  os.makedirs(os.path.join(wd, "checkpoints", "0"))
+  with pytest.raises(sweep.ConfigError, match="holds another run"):
+    sweep.validate_config(H.tiny_config(), wd)
