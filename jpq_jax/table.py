@@ -9,6 +9,7 @@ into a hashable :class:`LayerTable` that can be a static argument of a jitted fu
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -228,10 +229,10 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
   def _trace(x):
     variables = model.init(jax.random.PRNGKey(0), x, ctx)
     with nn.intercept_methods(_record_order):
-      _, state = model.apply(variables, x, ctx, mutable=[TABLE_COLLECTION])
-    return state
+      out, state = model.apply(variables, x, ctx, mutable=[TABLE_COLLECTION])
+    return state, out
 
-  variables = jax.eval_shape(_trace, x)
+  variables, out = jax.eval_shape(_trace, x)
   layers: list = []
   groups: Dict[str, GroupRecord] = {}
   _collect(variables.get(TABLE_COLLECTION, {}), layers, groups)
@@ -244,4 +245,12 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
   for l in layers:
     if l.w_group not in groups:
       raise ValueError(f"layer {l.name} uses group {l.w_group!r}, which was never traced")
+  out_group = groups.get(getattr(out, "group", None))
+  if out_group is not None and out_group.kind == "hidden":
+    # Legitimate for a feature extractor; for a classifier it silently clips the logits at 0
+    # (unsigned PACT) and lets the search prune classes.
+    warnings.warn(f"the output of {type(model).__name__} comes from the hidden group "
+                  f"{out_group.name!r}: it is quantized with unsigned PACT (values clipped at 0) "
+                  "and its channels can be pruned. For a classifier, give the last layer's group "
+                  "output=True.", stacklevel=2)
   return LayerTable(layers=tuple(layers), groups=tuple(group_list))

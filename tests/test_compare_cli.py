@@ -14,7 +14,7 @@ def test_compare_cli(tmp_path, capsys):
   for f in ("compare.md", "compare.json", "compare.png"):
     assert (out / f).stat().st_size > 0
   comp = json.loads((out / "compare.json").read_text())
-  assert [r["name"] for r in comp["runs"]] == ["joint", "w4a8", "pit_mixprec", "pit"]
+  assert [r["name"] for r in comp["runs"]] == ["joint", "w4a6", "pit_mixprec", "pit"]
   assert comp["reference"] == "joint" and len(comp["comparisons"]) == 3
   times = {r["name"]: r["train_time_s"] for r in comp["runs"]}
   res = json.loads(open(os.path.join(dirs[2], "results.json")).read())

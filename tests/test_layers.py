@@ -305,3 +305,23 @@ def test_fused_mixture_and_relu_match_the_copies(name, shape, abits):
     grads.append(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v["params"], v["arch"]))
   for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_without_output_group_warns():
+  # A classifier whose last group is a hidden one gets its logits clipped at 0 by unsigned PACT.
+  class Net(nn.Module):
+    output: bool
+
+    @nn.compact
+    def __call__(self, x, ctx):
+      sp = jpq.SearchSpace()
+      h = jpq.InputQuantizer(sp, name="input_q")(x, ctx).flatten()
+      return jpq.Dense(3, jpq.Group(3, sp, output=self.output, name="gout"), name="d")(h, ctx)
+
+  x = jnp.zeros((1, 4, 4, 1))
+  with pytest.warns(UserWarning, match="hidden group 'gout'.*output=True"):
+    jpq.trace_table(Net(output=False), x)
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    jpq.trace_table(Net(output=True), x)
