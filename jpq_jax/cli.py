@@ -315,8 +315,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   Subcommands: ``sweep``, ``report``, ``inspect``, ``export``, ``compare`` (see the module
   docstring). Bad input (``ValueError``, ``OSError``, ``IndexError``, ``KeyError``,
-  ``FloatingPointError``) is reported as one line on stderr instead of a traceback, unless the
-  environment variable ``JPQ_TRACEBACK`` is set, in which case it is re-raised.
+  ``FloatingPointError``, and ``ImportError`` for a missing optional dependency) is reported as
+  one line on stderr instead of a traceback, unless the environment variable ``JPQ_TRACEBACK`` is
+  set, in which case it is re-raised.
 
   Args:
     argv: command-line arguments without the program name; None uses ``sys.argv[1:]``. For
@@ -369,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd == "compare":
       return _cmd_compare(args, rest)
     return _cmd_inspect(args, rest)
-  except (ValueError, OSError, IndexError, KeyError, FloatingPointError) as e:
+  except (ValueError, OSError, IndexError, KeyError, FloatingPointError, ImportError) as e:
     # Bad input of any kind (config, data, work directory, checkpoint): one line naming the
     # problem, no traceback. JPQ_TRACEBACK=1 shows it, for debugging.
     if os.environ.get("JPQ_TRACEBACK"):

@@ -165,10 +165,16 @@ def test_speech_missing_test_set_and_missing_dataset(tmp_path):
 def test_speech_tfds_path(tmp_path):
   if importlib.util.find_spec("tensorflow") is None:
     # Without TF the TFDS builder cannot even be built: the error must say what to do.
+    os.makedirs(tmp_path / "tfds" / "speech_commands")  # looks like TFDS data: TFDS is asked
     with pytest.raises(ImportError) as info:
       data.load("speech_commands", data_dir=str(tmp_path / "tfds"))
     assert "pip install tensorflow" in str(info.value)
     assert "speech_commands_v0.02" in str(info.value)
+    # A data_dir that holds no speech data at all (a typo) says so.
+    for bad, what in ((tmp_path / "typo", "does not exist"), (tmp_path, "holds neither")):
+      with pytest.raises(data.DatasetNotFoundError, match=what) as info:
+        data.load("speech_commands", data_dir=str(bad))
+      assert "speech_commands_v0.02.tar.gz" in str(info.value)
     return
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from unittest import mock  # pylint: disable=import-outside-toplevel

@@ -110,6 +110,8 @@ CLI_ROWS = [
      "'data.options': dataset 'demo' does not take option(s) ['imagesize']"),
     ("dataset not prepared", _sweep("data.name=cifar10", "data.data_dir=/nonexistent_jpq"),
      "not prepared"),
+    ("speech data_dir missing", _sweep("data.name=gsc", "data.data_dir=/nonexistent_jpq"),
+     "no Speech Commands data at '/nonexistent_jpq': it does not exist"),
     ("image folder missing", _sweep("data.name=folder:/nonexistent_jpq"),
      "'/nonexistent_jpq' does not exist"),
     # work directories

@@ -24,6 +24,7 @@ cached as ``.npz`` in the cache directory.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Optional
 
@@ -223,6 +224,19 @@ def load_speech_commands(data_dir: Optional[str] = None, seed: int = 14, *,
   """
   del seed
   config = MfccConfig()
+  if (data_dir is not None and not download and importlib.util.find_spec("tensorflow") is None
+      and not (os.path.isdir(data_dir) and (
+          os.path.exists(os.path.join(data_dir, "validation_list.txt")) or
+          os.path.isdir(os.path.join(data_dir, TRAIN_DIR_NAME)) or
+          os.path.isdir(os.path.join(data_dir, "speech_commands"))))):
+    # Neither the extracted archives nor a TFDS directory holding speech_commands, and no
+    # TensorFlow for TFDS anyway: say that, rather than "install TensorFlow".
+    what = "does not exist" if not os.path.exists(data_dir) else (
+        f"holds neither validation_list.txt, {TRAIN_DIR_NAME}/ nor a TFDS speech_commands/")
+    raise DatasetNotFoundError(
+        f"no Speech Commands data at {data_dir!r}: it {what}. Extract {TRAIN_DIR_NAME}.tar.gz "
+        "(and the test archive next to it) and point data_dir at it, or prepare it with TFDS "
+        "(pip install tensorflow)")
   local = data_dir is not None and (
       os.path.exists(os.path.join(data_dir, "validation_list.txt")) or
       os.path.exists(os.path.join(data_dir, TRAIN_DIR_NAME, "validation_list.txt")))
