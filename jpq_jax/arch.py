@@ -134,11 +134,19 @@ def freeze(arch: Mapping, table: LayerTable, temperature: float = 1.0) -> Dict[s
     A ``precision`` collection: per group ``w_bits`` (C,) int32 and ``a_bits`` () int32.
 
   Raises:
-    ValueError: a concrete temperature that is not a finite number > 0.
+    ValueError: a concrete temperature that is not a finite number > 0, or variables without an
+      ``arch`` collection.
+    TypeError: ``table`` is not a :class:`LayerTable`.
   """
   choice.check_temperature(temperature, "freeze")
+  if not isinstance(table, LayerTable):
+    raise TypeError(f"freeze: table must be a jpq_jax.LayerTable (jpq_jax.trace_table(model, x)), "
+                    f"got {type(table).__name__}")
   if isinstance(arch, Mapping) and "arch" in arch:
     arch = arch["arch"]
+  elif isinstance(arch, Mapping) and {"params", "precision", "batch_stats"} & set(arch):
+    raise ValueError(f"freeze needs the 'arch' collection (search variables, see "
+                     f"jpq_jax.to_search); got a mapping with keys {sorted(arch)}")
   out: Dict[str, Any] = {}
   for g in table.groups:
     node = get_path(arch, g.path)

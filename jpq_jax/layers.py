@@ -302,6 +302,10 @@ class Group(nn.Module):
   w_precisions: Optional[Tuple[int, ...]] = None
   a_precisions: Optional[Tuple[int, ...]] = None
 
+  def __post_init__(self):
+    _check_space(self.space, f"Group {self.name!r}")
+    super().__post_init__()
+
   # ---- static description -------------------------------------------------------------------
   @property
   def wbits(self) -> Tuple[int, ...]:
@@ -478,6 +482,16 @@ class InputQuantizer(nn.Module):
     if isinstance(x, QTensor):
       x = x.value
     path, name = _path_name(self)
+    # The network's entry: the place to catch arguments of the wrong kind before they fail deep
+    # inside Flax or lax.
+    if not isinstance(ctx, Ctx):
+      raise TypeError(f"ctx must be a jpq_jax.Ctx (e.g. jpq_jax.Ctx.float()), got "
+                      f"{type(ctx).__name__}" + (" (forgot the parentheses?)" if callable(ctx)
+                                                 else f" {ctx!r}"[:80]))
+    _check_space(self.space, f"input quantizer {name!r}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      raise TypeError(f"input quantizer {name!r}: the input has dtype {jnp.result_type(x)}; pass "
+                      "a floating-point array (e.g. images scaled to [0, 1] as float32)")
     ps = self.space.input_bits
     if _tracing_table(self):
       self.sow(TABLE_COLLECTION, "group",
@@ -531,6 +545,12 @@ class InputQuantizer(nn.Module):
       for j, p in enumerate(ps):
         s_a = s_a + th[j] * quant.pact_scale(jax.lax.stop_gradient(clips[j]), p)
     return QTensor(value=y, s_a=s_a, group=name)
+
+
+def _check_space(space: Any, where: str) -> None:
+  if not isinstance(space, SearchSpace):
+    raise TypeError(f"{where}: space must be a jpq_jax.SearchSpace, got {type(space).__name__} "
+                    f"{space!r} (per-group precisions go in w_precisions= / a_precisions=)")
 
 
 def _torch_bias_init(fan_in: int):

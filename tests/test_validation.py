@@ -259,7 +259,8 @@ def _mode_rows():
   x = np.random.RandomState(0).rand(2, 8, 8, 1).astype(np.float32)
   fv = model.init(jax.random.PRNGKey(1), x, jpq.Ctx.float())
   sv = jpq.to_search(model, fv, x)
-  fx = jpq.to_fixed(sv, jpq.trace_table(model, x))
+  table = jpq.trace_table(model, x)
+  fx = jpq.to_fixed(sv, table)
   return [
       ("search mode on float variables", lambda t: model.apply(fv, x, jpq.Ctx.search()),
        ValueError, "convert them with jpq_jax.to_search"),
@@ -272,6 +273,17 @@ def _mode_rows():
        ValueError, r"apply them with jpq_jax.Ctx.search\(\)"),
       ("float mode on fixed variables", lambda t: model.apply(fx, x, jpq.Ctx.float()),
        ValueError, r"apply them with jpq_jax.Ctx.fixed\(\)"),
+      ("Ctx.float without parentheses", lambda t: model.apply(fv, x, jpq.Ctx.float), TypeError,
+       "forgot the parentheses"),
+      ("integer input", lambda t: model.apply(fv, (x * 255).astype(np.uint8), jpq.Ctx.float()),
+       TypeError, "dtype uint8; pass a floating-point array"),
+      ("precisions as the space",
+       lambda t: DemoNet(space=(0, 2, 4, 8)).init(jax.random.PRNGKey(0), x, jpq.Ctx.float()),
+       TypeError, "space must be a jpq_jax.SearchSpace, got tuple"),
+      ("freeze of fixed variables", lambda t: jpq.freeze(fx, table), ValueError,
+       "freeze needs the 'arch' collection"),
+      ("freeze with swapped arguments", lambda t: jpq.freeze(table, sv), TypeError,
+       "table must be a jpq_jax.LayerTable"),
   ]
 
 
