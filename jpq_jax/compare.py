@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from jpq_jax.pareto import default_cost
+
 __all__ = ["Run", "load_run", "pareto_front", "cost_at_accuracy", "iso_accuracy",
            "compare_runs", "write_comparison"]
 
@@ -51,11 +53,12 @@ class Run:
   """
 
   def __init__(self, name, workdir, points, failed, cost, unit, metric, train_time_s, times,
-               method=None, not_applicable=0):
+               method=None, not_applicable=0, task=None):
     self.name, self.workdir, self.points, self.failed = name, workdir, points, failed
     self.cost, self.unit, self.metric = cost, unit, metric
     self.train_time_s, self.times = train_time_s, times
     self.method, self.not_applicable = method, not_applicable
+    self.task = task  # {"dataset", "model"} as recorded in results.json (None: unknown)
 
   @property
   def front(self) -> List[Dict[str, Any]]:
@@ -86,7 +89,7 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
     raise FileNotFoundError(f"{path} not found: {workdir!r} holds no finished sweep")
   with open(path) as f:
     res = json.load(f)
-  cost = cost or res.get("pareto_cost") or "size"
+  cost = cost or default_cost(res)
   units = res.get("cost_units", {})
   pts, failed, na = [], 0, 0
   for m in res.get("members", []):
@@ -114,8 +117,9 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
   total = res.get("train_time_s")
   if total is None:  # results written before the field existed
     total = sum(v for p, v in times.items() if v and p != "warmup")
+  task = {k: res[k] for k in ("dataset", "model") if res.get(k) is not None} or None
   return Run(label, str(workdir), pts, failed, cost, units.get(cost, ""), metric, float(total),
-             times, method=res.get("method"), not_applicable=na)
+             times, method=res.get("method"), not_applicable=na, task=task)
 
 
 def pareto_front(points: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -169,11 +173,15 @@ def iso_accuracy(method: Run, baseline: Run) -> Dict[str, Any]:
     cost, the method's interpolated cost (None if not reached) and the reduction.
 
   Raises:
-    ValueError: the two runs use different costs or metrics.
+    ValueError: the two runs use different costs or metrics, or different datasets or models.
   """
   if method.cost != baseline.cost or method.metric != baseline.metric:
     raise ValueError(f"cannot compare {method.name!r} ({method.cost}, {method.metric}) with "
-                     f"{baseline.name!r} ({baseline.cost}, {baseline.metric})")
+                     f"{baseline.name!r} ({baseline.cost}, {baseline.metric}); pass --cost to "
+                     "compare both on one cost")
+  if method.task and baseline.task and method.task != baseline.task:
+    raise ValueError(f"cannot compare {method.name!r} ({method.task}) with {baseline.name!r} "
+                     f"({baseline.task}): different datasets or models")
   mf = method.front
   rows = []
   for p in baseline.front:

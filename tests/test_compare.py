@@ -65,3 +65,16 @@ def test_errors(tmp_path):
     compare.compare_runs([a])
   with pytest.raises(ValueError, match="cost 'ne16' not in the results"):
     compare.load_run(str(tmp_path / "a"), cost="ne16")
+
+
+def test_runs_of_different_tasks_are_not_compared(tmp_path):
+  runs = []
+  for name, dataset in (("a", "cifar10"), ("b", "folder:/data/x")):
+    d = _write_run(tmp_path, name, [(1, 0.5), (2, 0.6)])
+    res = json.loads((tmp_path / name / "results.json").read_text())
+    res.update(dataset=dataset, model="resnet8")
+    (tmp_path / name / "results.json").write_text(json.dumps(res))
+    runs.append(compare.load_run(d))
+  assert runs[0].task == {"dataset": "cifar10", "model": "resnet8"}
+  with pytest.raises(ValueError, match="different datasets or models"):
+    compare.iso_accuracy(runs[1], runs[0])
