@@ -102,7 +102,10 @@ def check_signature(saved: Optional[Mapping[str, Any]], target: Any, where: str)
   lead = {(tuple(a[0][:1]), tuple(b[0][:1])) for _, a, b in diffs if a[0][1:] == b[0][1:]}
   if diffs and len(lead) == 1 and all(a[0][1:] == b[0][1:] and a[1] == b[1] for _, a, b in diffs):
     (s_n,), (w_n,) = next(iter(lead))
-    parts.append(f"member count: the checkpoint holds {s_n} members, this run has {w_n}")
+    parts.append(f"member count: the checkpoint holds {s_n} members, this run has {w_n} (with "
+                 "the sharded strategy the member axis is padded to a multiple of the device "
+                 "count: resume on as many devices as the run was saved with, or with the "
+                 "strategy it used)")
     diffs = []
   if missing:
     parts.append(f"{len(missing)} leaves missing from the checkpoint (e.g. {missing[:3]}): another "
