@@ -466,8 +466,8 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
     raise FileNotFoundError(f"{workdir!r} has no finished sweep (no 'final' checkpoint); run or "
                             "resume the sweep first")
   cfg = sweep.run_config(workdir)  # the method's search space (e.g. fixed_bits), not the raw one
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
+  from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+  results = pareto.load_results(workdir)
   n = len(results["members"])
   if not 0 <= member < n:
     raise IndexError(f"member {member} out of range: the sweep has {n} members (0..{n - 1})")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
-import json
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -212,25 +211,11 @@ def _cmd_sweep(args, rest: List[str]) -> int:
   return 0
 
 
-def _load_results(workdir: str):
-  """``results.json`` of ``workdir``; a damaged file is a one-line error naming it."""
-  from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
-  try:
-    results = pareto.load_results(workdir)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{os.path.join(workdir, 'results.json')} is not valid JSON ({e}); rerun "
-                     "`jpq sweep` with the same --workdir to rewrite it") from None
-  if not isinstance(results, dict) or not isinstance(results.get("members"), list):
-    raise ValueError(f"{os.path.join(workdir, 'results.json')} is not a sweep's results (no "
-                     "'members' list)")
-  return results
-
-
 def _cmd_report(args, rest) -> int:
   from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq report: unexpected arguments {rest}")
-  results = _load_results(args.workdir)
+  results = pareto.load_results(args.workdir)
   if args.cost:
     known = sorted({c for m in results["members"] for c in m.get("costs_argmax", {})})
     if args.cost not in known:
@@ -239,7 +224,7 @@ def _cmd_report(args, rest) -> int:
   print(pareto.format_front(results))
   png = os.path.join(args.workdir, "pareto.png")
   if args.cost or not os.path.exists(png):
-    png = os.path.join(args.workdir, f"pareto_{results['pareto_cost']}.png")
+    png = os.path.join(args.workdir, f"pareto_{pareto.default_cost(results)}.png")
     pareto.plot_front(results, png)
   print(f"plot: {png}")
   return 0
@@ -271,7 +256,7 @@ def _cmd_inspect(args, rest) -> int:
     return 0
   if not args.workdir:
     raise ValueError("jpq inspect: give a sweep work directory or --model NAME")
-  results = _load_results(args.workdir)
+  results = pareto.load_results(args.workdir)
   if args.table:  # the run's model as a static layer table (channels, kernels, groups, MACs)
     cfg = sweep_lib.run_config(args.workdir)
     _, table, _ = sweep_lib.build_model_from_config(cfg, results["num_classes"],

@@ -587,11 +587,8 @@ def export_member(workdir: str, member: int, out: str, allow_failed: bool = Fals
       failed member unless ``allow_failed`` (the message lists the front's members).
   """
   from jpq_jax.checkpoint import restore_member  # pylint: disable=import-outside-toplevel
-  results_path = os.path.join(workdir, "results.json")
-  results = {}
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
+  from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+  results = pareto.load_results(workdir)  # raises if the sweep has not finished
   if results.get("method") == "pit":
     raise BundleError(
         f"{workdir!r} is a 'pit' sweep: its members are float networks, and a bundle holds an "
@@ -600,7 +597,6 @@ def export_member(workdir: str, member: int, out: str, allow_failed: bool = Fals
   model, variables, table = restore_member(workdir, member)  # raises if the sweep is unfinished
   m = results["members"][member]
   if not allow_failed and (m.get("failed") or m.get("status", "ok") != "ok"):
-    from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
     front = [r["member"] for r in pareto.front_of_results(results)]
     why = m.get("status") if m.get("status", "ok") != "ok" else "failed"
     raise BundleError(f"member {member} of {workdir!r} did not train to a usable model ({why}); "

@@ -200,13 +200,22 @@ def load_results(workdir: str) -> Dict[str, Any]:
 
   Raises:
     FileNotFoundError: no results (the sweep has not finished).
+    ValueError: the file is not valid JSON or not a sweep's results (no ``members`` list); rerunning
+      the sweep rewrites it.
   """
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} has no results.json: the sweep has not finished (rerun "
+    raise FileNotFoundError(f"{workdir!r} has no results.json: no finished sweep there (rerun "
                             "`jpq sweep` with the same --workdir to resume it)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); rerun `jpq sweep` with the same --workdir "
+                     "to rewrite it") from None
+  if not isinstance(results, dict) or not isinstance(results.get("members"), list):
+    raise ValueError(f"{path} is not a sweep's results (no 'members' list)")
+  return results
 
 
 def format_front(results: Mapping, cost: Optional[str] = None) -> str:

@@ -1396,19 +1396,15 @@ class Sweep:
   # -- pieces --
   def _read_results(self) -> Optional[Dict[str, Any]]:
     """``results.json`` of a finished sweep, or None (with a note) when missing or damaged."""
-    path = os.path.join(self.workdir, "results.json")
+    from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
     try:
-      with open(path) as f:
-        results = json.load(f)
-      if isinstance(results, dict) and isinstance(results.get("members"), list):
-        return results
-      why = "holds no sweep results"
+      return pareto.load_results(self.workdir)
     except FileNotFoundError:
-      why = "is missing"
-    except ValueError as e:
-      why = f"is not valid JSON ({e})"
+      why = f"{os.path.join(self.workdir, 'results.json')} is missing"
+    except ValueError as e:  # not JSON, or not a sweep's results
+      why = str(e).split(";")[0]
     if self.is_main:
-      print(f"jpq sweep: {path} {why}: rebuilding it from the final checkpoint", file=sys.stderr)
+      print(f"jpq sweep: {why}: rebuilding it from the final checkpoint", file=sys.stderr)
     return None
 
   def _save(self, step, state, meta):
