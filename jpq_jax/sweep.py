@@ -1044,6 +1044,13 @@ class Sweep:
         bad.append(name)
     if cfg.search.cost in bad:
       reg.validate_cost(cfg.search.cost, self.table)  # re-raise with the registry's message
+    if cfg.sweep.pareto_cost in bad:
+      # The front would be empty after the whole sweep: refuse before training.
+      try:
+        reg.validate_cost(cfg.sweep.pareto_cost, self.table)
+      except (ValueError, KeyError) as e:
+        raise _field_error("sweep.pareto_cost", f"{cfg.sweep.pareto_cost!r} cannot cost this "
+                           f"model: {e}") from None
     self.report_costs = tuple(c for c in T.cost_names() if c not in bad)
     self.cw = ds.class_weights if cfg.train.class_weights else None
     # train.batch_size is the *global* batch, whatever the number of processes, so a run's numbers do

@@ -101,6 +101,9 @@ CLI_ROWS = [
     ("unknown mixture", _sweep("model.activation_mixture=lazy"), "model.activation_mixture"),
     # cost names
     ("unknown search cost", _sweep("search.cost=energy"), "search.cost"),
+    ("pareto cost that cannot cost the model",
+     _sweep("sweep.pareto_cost=mpic", "model.w_precisions=0,3,8"),
+     "'sweep.pareto_cost': 'mpic' cannot cost this model"),
     ("unknown pareto cost", _sweep("sweep.pareto_cost=latency"), "sweep.pareto_cost"),
     ("unknown report cost", lambda t: ["report", os.path.join(t, "tiny_res"), "--cost", "nope"],
      "--cost 'nope'"),
