@@ -348,6 +348,7 @@ class Bundle:
     """
     os.makedirs(path, exist_ok=True)
     np.savez(os.path.join(path, PAYLOAD), **self.arrays)
+    self.manifest["manifest_sha256"] = _manifest_sha(self.manifest)
     with open(os.path.join(path, MANIFEST), "w") as f:
       json.dump(self.manifest, f, indent=1)
     return path
@@ -613,6 +614,12 @@ def export_member(workdir: str, member: int, out: str, allow_failed: bool = Fals
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
+def _manifest_sha(manifest: Mapping) -> str:
+  """SHA-256 of the manifest's canonical JSON, without its own checksum field."""
+  body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def load_bundle(path: str) -> Bundle:
   """Read a bundle directory written by :meth:`Bundle.save`, verifying version and checksums.
 
@@ -623,7 +630,8 @@ def load_bundle(path: str) -> Bundle:
     The bundle.
 
   Raises:
-    BundleError: missing files, unsupported ``format_version``, a corrupt or tampered payload.
+    BundleError: missing files, unsupported ``format_version``, a corrupt or tampered payload, or
+      a manifest edited after export.
   """
   if os.path.basename(path) == MANIFEST:
     path = os.path.dirname(path)
@@ -645,6 +653,11 @@ def load_bundle(path: str) -> Bundle:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:  # zipfile/format errors of a damaged file
     raise BundleError(f"bundle {path!r}: {PAYLOAD} is corrupt and cannot be read ({e})") from None
+  if "manifest_sha256" in manifest and manifest["manifest_sha256"] != _manifest_sha(manifest):
+    # The manifest drives the integer inference (clips, scales, the graph): an edited one would
+    # run silently with other numbers.
+    raise BundleError(f"bundle {path!r}: manifest.json was modified after export (its checksum "
+                      "differs); re-export the member")
   expected = manifest.get("arrays", {})
   missing = sorted(set(expected) - set(arrays))
   if missing:

@@ -376,6 +376,27 @@ def test_export_member_of_unfinished_sweep(tmp_path):
     export.export_member(str(tmp_path), 0, str(tmp_path / "out"))
 
 
+def test_edited_manifest_is_refused(tmp_path):
+  x = jax.random.uniform(jax.random.PRNGKey(3), (2, 12, 12, 2))
+  model = FlatNet()
+  fv = _random_vars(model, x)
+  fv["precision"] = jax.tree_util.tree_map(lambda v: v + 8, fv["precision"])
+  path = export.export_model(model, fv, None, x).save(str(tmp_path / "b"))
+  export.load_bundle(path)  # as saved: fine
+  mpath = os.path.join(path, export.MANIFEST)
+  with open(mpath) as f:
+    text = f.read()
+  doc = json.loads(text)
+  doc["arrays"] = {}  # would switch off every payload checksum
+  with open(mpath, "w") as f:
+    json.dump(doc, f)
+  with pytest.raises(export.BundleError, match="manifest.json was modified after export"):
+    export.load_bundle(path)
+  with open(mpath, "w") as f:  # re-indented but unchanged: still accepted
+    json.dump(json.loads(text), f, indent=4)
+  export.load_bundle(path)
+
+
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory):
   x = jax.random.uniform(jax.random.PRNGKey(3), (2, 12, 12, 2))
