@@ -113,9 +113,9 @@ def thetas(variables: Mapping, table: LayerTable, ctx: Ctx) -> Dict[str, GroupTh
                                 key=choice.activation_key(ctx.key, g.name, g.kind == "input"))
     else:
       if g.kind != "input":
-        w = choice.onehot_from_bits(node["w_bits"], g.w_precisions)
+        w = choice.onehot_from_bits(node["w_bits"], g.w_precisions, f"group {g.name!r} w_bits")
       if g.a_precisions:
-        a = choice.onehot_from_bits(node["a_bits"], g.a_precisions)
+        a = choice.onehot_from_bits(node["a_bits"], g.a_precisions, f"group {g.name!r} a_bits")
     out[g.name] = GroupTheta(w=w, a=a)
   return out
 

@@ -175,17 +175,31 @@ def activation_key(key: Optional[jax.Array], group_name: str, is_input: bool) ->
   return group_key(key, group_name if is_input else group_name + "/a")
 
 
-def onehot_from_bits(bits: jax.Array, precisions: Sequence[int]) -> jax.Array:
+def onehot_from_bits(bits: jax.Array, precisions: Sequence[int], what: str = "precision"
+                     ) -> jax.Array:
   """theta ``(n, ...)`` of a frozen choice: ``theta[i] = (bits == precisions[i])`` (float32).
 
   Args:
     bits: chosen bit-width(s), a scalar or an array (e.g. one per channel); cast to int32.
     precisions: the group's precision set, ``n`` bit-widths in logit-row order.
+    what: the variable, for the error message (e.g. ``"group 'g1' w_bits"``).
 
   Returns:
-    float32 array of shape ``(n,) + bits.shape``; a column whose ``bits`` is not in ``precisions``
-    is all zeros (not checked).
+    float32 array of shape ``(n,) + bits.shape``.
+
+  Raises:
+    ValueError: concrete ``bits`` holding a bit-width outside ``precisions`` (its column would be
+      all zeros: the channel silently zeroed). Traced ``bits`` (inside jit/vmap) are not checked.
   """
+  try:
+    concrete = np.asarray(bits)
+  except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    concrete = None
+  if concrete is not None:
+    bad = sorted(set(np.unique(concrete).tolist()) - {int(p) for p in precisions})
+    if bad:
+      raise ValueError(f"{what}: bit-width(s) {bad} not in the precision set {tuple(precisions)} "
+                       "(freeze the architecture with jpq_jax.freeze / to_fixed)")
   bits = jnp.asarray(bits, jnp.int32)
   p = jnp.asarray(precisions, jnp.int32).reshape((-1,) + (1,) * bits.ndim)
   return (bits[None] == p).astype(jnp.float32)

@@ -388,7 +388,7 @@ class Group(nn.Module):
       if bits.shape != (self.features,):
         raise ValueError(f"group {self.group_name!r}: precision w_bits has shape {bits.shape}, "
                          f"expected ({self.features},)")
-      return choice.onehot_from_bits(bits, ps)
+      return choice.onehot_from_bits(bits, ps, f"group {self.group_name!r} precision w_bits")
     raise ValueError("theta_w is defined only in search and fixed modes")
 
   def theta_a(self, ctx: Ctx) -> Optional[jax.Array]:
@@ -407,7 +407,7 @@ class Group(nn.Module):
     if ctx.mode == "fixed":
       self._check_precision(ctx)
       bits = _var(self, "precision", "a_bits", lambda: jnp.asarray(max(ps), jnp.int32))
-      return choice.onehot_from_bits(bits, ps)
+      return choice.onehot_from_bits(bits, ps, f"group {self.group_name!r} precision a_bits")
     raise ValueError("theta_a is defined only in search and fixed modes")
 
   # ---- computations -----------------------------------------------------------------------------
@@ -526,7 +526,7 @@ class InputQuantizer(nn.Module):
         raise ValueError(f"fixed mode needs a 'precision' collection, but the input quantizer "
                          f"{name!r} has none: freeze the architecture with jpq_jax.freeze(...) first")
       bits = _var(self, "precision", "a_bits", lambda: jnp.asarray(max(ps), jnp.int32))
-      th = choice.onehot_from_bits(bits, ps)
+      th = choice.onehot_from_bits(bits, ps, f"input quantizer {name!r} precision a_bits")
     n = len(ps)
     s_a = jnp.zeros((), x.dtype)
     if self.space.input_signed:

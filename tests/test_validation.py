@@ -287,6 +287,11 @@ def _mode_rows():
        "freeze needs the 'arch' collection"),
       ("freeze with swapped arguments", lambda t: jpq.freeze(table, sv), TypeError,
        "table must be a jpq_jax.LayerTable"),
+      ("hand-written bits outside the precision set", lambda t: model.apply(
+          {**fx, "precision": {**fx["precision"], "g_res": {
+              **fx["precision"]["g_res"],
+              "w_bits": np.full_like(fx["precision"]["g_res"]["w_bits"], 3)}}}, x, jpq.Ctx.fixed()),
+       ValueError, r"group 'g_res' precision w_bits: bit-width\(s\) \[3\] not in the precision set"),
   ]
 
 
