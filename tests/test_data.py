@@ -378,6 +378,16 @@ def test_image_folder_bad_contents_named(tmp_path):
     data.load(f"folder:{tmp_path / 'nested'}")
 
 
+def test_sixteen_bit_png_keeps_its_range():
+  ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512
+  buf = io.BytesIO()
+  Image.fromarray(ramp).save(buf, format="PNG")  # uint16: mode I;16
+  img = images_lib.decode_image(buf.getvalue(), None, grayscale=True)
+  np.testing.assert_array_equal(img[..., 0], (ramp >> 8).astype(np.uint8))
+  rgb = images_lib.decode_image(buf.getvalue(), None, grayscale=False)
+  assert rgb.shape == (8, 8, 3) and (rgb[..., 1] == img[..., 0]).all()
+
+
 def test_image_folder_cache_follows_moved_files(tmp_path):
   # Moving an image to another class folder keeps the file count, sizes and times: the cache
   # must still notice (its labels changed).

@@ -96,6 +96,10 @@ def decode_image(data: bytes, image_size: Optional[int], grayscale: bool) -> np.
   """
   from PIL import Image  # pylint: disable=import-outside-toplevel
   with Image.open(io.BytesIO(data)) as img:
+    if img.mode.startswith("I;16"):
+      # 16-bit grayscale: Pillow's convert() clips at 255 (nearly every pixel white); keep the
+      # high byte instead, the 8-bit image of the same picture.
+      img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))  # mode L
     img = img.convert("L" if grayscale else "RGB")
     if image_size is not None and img.size != (image_size, image_size):
       img = img.resize((image_size, image_size), Image.BILINEAR)
