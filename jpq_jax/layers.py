@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import warnings
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import jax
@@ -492,6 +493,13 @@ class InputQuantizer(nn.Module):
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
       raise TypeError(f"input quantizer {name!r}: the input has dtype {jnp.result_type(x)}; pass "
                       "a floating-point array (e.g. images scaled to [0, 1] as float32)")
+    shape = jnp.shape(x)
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[2] == shape[3] and shape[3] > 4:
+      # (B, 3, 32, 32) is an NCHW image batch: as NHWC it would be 3 rows of 32 channels, and the
+      # model would train on it without any error.
+      warnings.warn(f"input quantizer {name!r}: input shape {tuple(shape)} looks like NCHW; jpq_jax "
+                    "layers expect NHWC (batch, height, width, channels): transpose it with "
+                    "x.transpose(0, 2, 3, 1)", stacklevel=2)
     ps = self.space.input_bits
     if _tracing_table(self):
       self.sow(TABLE_COLLECTION, "group",

@@ -325,3 +325,13 @@ def test_classifier_without_output_group_warns():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     jpq.trace_table(Net(output=True), x)
+
+
+def test_nchw_input_warns():
+  from jpq_jax.models import DemoNet
+  with pytest.warns(UserWarning, match=r"looks like NCHW.*transpose\(0, 2, 3, 1\)"):
+    DemoNet().init(jax.random.PRNGKey(0), jnp.zeros((2, 1, 8, 8)), jpq.Ctx.float())
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    DemoNet().init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)), jpq.Ctx.float())
