@@ -1056,6 +1056,9 @@ class Sweep:
     # train.batch_size is the *global* batch, whatever the number of processes, so a run's numbers do
     # not depend on how many processes run it. This loader yields whole global batches (the same on
     # every process); _train_loader picks the process-sharded one where the mesh splits the batch.
+    if len(ds.train) < int(cfg.train.batch_size):
+      raise _field_error("train.batch_size", f"{cfg.train.batch_size} is larger than the training "
+                         f"split ({len(ds.train)} examples): lower it")
     self.train_loader = self._make_train_loader(local=False)
     self.steps = self.train_loader.steps_per_epoch
     if cfg.debug.max_steps_per_epoch:

@@ -86,6 +86,8 @@ CLI_ROWS = [
     ("no seeds", _sweep("sweep.seeds="), "sweep.seeds"),
     ("zero search epochs", _sweep("search.epochs=0"), "search.epochs"),
     ("zero batch", _sweep("train.batch_size=0"), "train.batch_size"),
+    ("batch larger than the training split", _sweep("train.batch_size=100000"),
+     "'train.batch_size': 100000 is larger than the training split"),
     ("zero temperature", _sweep("search.temperature=0"), "search.temperature"),
     ("unknown optimizer", _sweep("warmup.optimizer.name=rmsprop"), "warmup.optimizer.name"),
     ("unknown strategy", _sweep("sweep.strategy=warp"), "sweep.strategy"),
