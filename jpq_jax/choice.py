@@ -75,6 +75,14 @@ def validate_precisions(precisions: Sequence[int], what: str, allow_zero: bool =
   return tuple(out)
 
 
+def _concrete(x) -> Optional[np.ndarray]:
+  """``x`` as a numpy array, or None while it is traced (inside jit/vmap: not checkable)."""
+  try:
+    return np.asarray(x)
+  except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
 def check_temperature(temperature, what: str) -> None:
   """Reject a concrete temperature that is not a finite number > 0 (traced ones pass through).
 
@@ -88,10 +96,10 @@ def check_temperature(temperature, what: str) -> None:
   Raises:
     ValueError: a concrete temperature that is NaN, infinite or <= 0.
   """
-  try:
-    t = np.asarray(temperature, np.float64)
-  except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+  t = _concrete(temperature)
+  if t is None:
     return  # traced (inside jit/vmap): checked where it was created
+  t = t.astype(np.float64)
   if t.size and not (np.isfinite(t).all() and (t > 0).all()):
     raise ValueError(f"{what}: temperature must be a finite number > 0, got {temperature!r} (for a "
                      "hard argmax use train=False or sampling='hard')")
@@ -191,10 +199,7 @@ def onehot_from_bits(bits: jax.Array, precisions: Sequence[int], what: str = "pr
     ValueError: concrete ``bits`` holding a bit-width outside ``precisions`` (its column would be
       all zeros: the channel silently zeroed). Traced ``bits`` (inside jit/vmap) are not checked.
   """
-  try:
-    concrete = np.asarray(bits)
-  except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    concrete = None
+  concrete = _concrete(bits)
   if concrete is not None:
     bad = sorted(set(np.unique(concrete).tolist()) - {int(p) for p in precisions})
     if bad:

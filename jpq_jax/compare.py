@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from jpq_jax.pareto import default_cost
+from jpq_jax.pareto import default_cost, is_healthy
 
 __all__ = ["Run", "load_run", "pareto_front", "cost_at_accuracy", "iso_accuracy",
            "compare_runs", "write_comparison"]
@@ -93,7 +93,7 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
   units = res.get("cost_units", {})
   pts, failed, na = [], 0, 0
   for m in res.get("members", []):
-    if m.get("failed") or m.get("status", "ok") != "ok":
+    if not is_healthy(m):
       failed += 1
       continue
     costs = m.get("costs_argmax") or {}

@@ -597,7 +597,7 @@ def export_member(workdir: str, member: int, out: str, allow_failed: bool = Fals
         "take the float model with jpq_jax.restore_member and jpq_jax.pit.prune_physically")
   model, variables, table = restore_member(workdir, member)  # raises if the sweep is unfinished
   m = results["members"][member]
-  if not allow_failed and (m.get("failed") or m.get("status", "ok") != "ok"):
+  if not allow_failed and not pareto.is_healthy(m):
     front = [r["member"] for r in pareto.front_of_results(results)]
     why = m.get("status") if m.get("status", "ok") != "ok" else "failed"
     raise BundleError(f"member {member} of {workdir!r} did not train to a usable model ({why}); "

@@ -509,8 +509,8 @@ class InputQuantizer(nn.Module):
     if ctx.mode == "float":
       # Search/fixed variables applied in float mode would run the unquantized network silently
       # (or fail deep in BatchNorm): say which mode they belong to.
-      for col, mode in (("arch", "search"), ("precision", "fixed")):
-        if self.has_variable(col, "alpha_a" if col == "arch" else "a_bits"):
+      for col, var, mode in (("arch", "alpha_a", "search"), ("precision", "a_bits", "fixed")):
+        if self.has_variable(col, var):
           raise ValueError(f"float mode, but the variables hold the {col!r} collection ({mode} "
                            f"variables): apply them with jpq_jax.Ctx.{mode}() (Ctx() is float mode)")
       return QTensor(value=x, s_a=None, group=name)

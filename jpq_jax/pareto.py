@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["pareto_front", "front_of_results", "write_results", "format_front", "format_member",
-           "plot_front", "load_results", "default_cost"]
+           "plot_front", "load_results", "default_cost", "is_healthy"]
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
@@ -42,9 +42,16 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
   return out
 
 
-def _healthy(m: Mapping) -> bool:
-  """Not failed and, where the driver annotated it, of status ``ok``."""
-  return not m.get("failed") and m.get("status", "ok") == "ok"
+def is_healthy(member: Mapping) -> bool:
+  """Whether a member of a sweep's results trained to a usable model (a front candidate).
+
+  Args:
+    member: one record of ``results['members']``.
+
+  Returns:
+    True when it did not fail and, where the driver annotated it, its ``status`` is ``ok``.
+  """
+  return not member.get("failed") and member.get("status", "ok") == "ok"
 
 
 def default_cost(results: Mapping) -> str:
@@ -82,7 +89,7 @@ def front_of_results(results: Mapping, cost: Optional[str] = None,
   """
   cost = cost or default_cost(results)
   metric = metric or results.get("pareto_metric", "test_acc")
-  members = [m for m in results["members"] if _healthy(m)]
+  members = [m for m in results["members"] if is_healthy(m)]
   pts = [(m["costs_argmax"].get(cost), m.get(metric)) for m in members]
   rows = []
   for i in pareto_front(pts):
