@@ -102,10 +102,9 @@ def check_signature(saved: Optional[Mapping[str, Any]], target: Any, where: str)
   lead = {(tuple(a[0][:1]), tuple(b[0][:1])) for _, a, b in diffs if a[0][1:] == b[0][1:]}
   if diffs and len(lead) == 1 and all(a[0][1:] == b[0][1:] and a[1] == b[1] for _, a, b in diffs):
     (s_n,), (w_n,) = next(iter(lead))
-    parts.append(f"member count: the checkpoint holds {s_n} members, this run has {w_n} (with "
-                 "the sharded strategy the member axis is padded to a multiple of the device "
-                 "count: resume on as many devices as the run was saved with, or with the "
-                 "strategy it used)")
+    parts.append(f"member count: the checkpoint holds {s_n} members, this run has {w_n} (the "
+                 "sweep driver re-pads the sharded strategy's member axis to this run's devices "
+                 "by itself: this is another lambdas x seeds grid)")
     diffs = []
   if missing:
     parts.append(f"{len(missing)} leaves missing from the checkpoint (e.g. {missing[:3]}): another "
@@ -362,6 +361,18 @@ class SweepCheckpointer:
     out = self._raw_meta(step)
     out.pop(_TREE_KEY, None)
     return out
+
+  def saved_signature(self, step: int) -> Optional[Dict[str, List[Any]]]:
+    """The :func:`tree_signature` of the state saved as ``step`` (None: saved without one).
+
+    Args:
+      step: a committed step.
+
+    Returns:
+      ``{key path: [shape, dtype name]}`` as saved, or None for a checkpoint written before
+      signatures were stored.
+    """
+    return self._raw_meta(step).get(_TREE_KEY)
 
   def restore(self, step: int, target: Any) -> Any:
     """The ``state`` of ``step`` restored into the structure of ``target`` (abstract or concrete).

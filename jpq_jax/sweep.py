@@ -401,15 +401,25 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
         old = json.load(f).get("config", {})
       new = json.loads(cfg.to_json_best_effort())
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
-      # differs between the processes of one run); the strategy, the XLA options and the form of
-      # the activation mixture change only float32 rounding.
-      diff = _first_diff(old, new, ignore=("sweep.strategy", "sweep.xla_options",
-                                           "model.activation_mixture",
-                                           "sweep.async_checkpoint",
-                                           "sweep.checkpoint_keep", "debug", "distributed"))
+      # differs between the processes of one run); the strategy, the data axis of the mesh, the
+      # evaluation batch, the XLA options and the form of the activation mixture change only
+      # float32 rounding, and a preempted run may resume on other devices (its member padding is
+      # rebuilt) with its data mounted elsewhere.
+      diff = _first_diff(old, new, ignore=RESUME_MAY_CHANGE)
       if diff is not None:
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
                            f"differs at {diff!r}); use a new --workdir or the same config to resume")
+      old_dir = (old.get("data") or {}).get("data_dir") or ""
+      new_dir = cfg.data.get("data_dir") or ""
+      if old_dir != new_dir and jax.process_index() == 0:
+        print(f"jpq sweep: resuming with data.data_dir={new_dir!r} (the run started with "
+              f"{old_dir!r}): it must hold the same data", file=sys.stderr)
+
+
+# Config fields a run may change when it resumes in the same work directory (see validate_config).
+RESUME_MAY_CHANGE = ("sweep.strategy", "sweep.data_devices", "sweep.xla_options",
+                     "model.activation_mixture", "sweep.async_checkpoint", "sweep.checkpoint_keep",
+                     "train.eval_batch_size", "data.data_dir", "debug", "distributed")
 
 
 def _holds_work(workdir: str) -> bool:
@@ -1074,9 +1084,54 @@ class Sweep:
 
   def _padded(self, n: int) -> int:
     if self.strategy == "sharded" or (self.strategy == "measure" and jax.device_count() > 1):
-      md = jax.device_count() // int(self.cfg.sweep.data_devices)
+      # max(1, .): fewer devices than sweep.data_devices is reported by the executor's mesh check.
+      md = max(1, jax.device_count() // int(self.cfg.sweep.data_devices))
       return -(-n // md) * md  # pad members to fill every device of the member axis
     return n
+
+  def _resume_strategy(self) -> None:
+    """Take the strategy a resumed run was saved with (``measure`` is not measured twice).
+
+    The member padding follows the strategy and this run's device count, which may differ from
+    the saved run's: :meth:`_restore_members` re-pads the restored states.
+    """
+    self.strategy = self._meta.get("strategy", self.strategy)
+    self.n_pad = self._padded(self.n)
+
+  def _restore_members(self, step: int, template: Any) -> Any:
+    """The stacked member states saved as ``step``, with this run's member padding.
+
+    The sharded strategy pads the member axis to a multiple of the member-axis device count, with
+    copies of member 0 marked failed (:meth:`_pad`). A run saved on 4 devices and resumed on 2 (or
+    on 1, or with 3 members on 2 devices then on 3) has another padding: the real members (always
+    the first ``self.n``) are restored as saved and the padding is rebuilt, so a preempted sweep
+    can resume on whatever devices it gets.
+
+    Args:
+      step: the committed checkpoint step.
+      template: the abstract stacked state with this run's padded member count ``self.n_pad``.
+
+    Returns:
+      The stacked states, ``self.n_pad`` members, host-local arrays.
+
+    Raises:
+      CheckpointMismatchError: the saved structure differs other than by its member padding, or it
+        holds fewer members than this run has.
+    """
+    sig = self.ckpt.saved_signature(step)
+    lead = {tuple(v[0][:1]) for v in (sig or {}).values()}
+    saved_n = lead.pop()[0] if len(lead) == 1 and () not in lead else None
+    if saved_n is None or saved_n == self.n_pad or saved_n < self.n:
+      return self.ckpt.restore(step, template)  # equal, or refused with the mismatch named
+    target = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct((saved_n,) + tuple(s.shape[1:]), s.dtype), template)
+    saved = self.ckpt.restore(step, target)  # still checks everything but the member count
+    real = _unstack(_host_tree(saved), self.n)
+    if self.is_main:
+      print(f"jpq sweep: resuming {self.n} members saved with the member axis padded to "
+            f"{saved_n}; padded to {self.n_pad} for {jax.device_count()} device(s)",
+            file=sys.stderr)
+    return _stack(self._pad(real))
 
   def _phase_cfg(self, phase: str):
     """The config section of a phase (``pit_search`` -> ``pit.search``)."""
@@ -1341,8 +1396,8 @@ class Sweep:
           self._meta = dict(self._meta, phase="search", epoch=0, strategy=self.strategy)
           self._save(base_s, stacked, self._meta)
         else:
-          stacked = self.ckpt.restore(step, self._search_template())
-          self.strategy = self._meta.get("strategy", self.strategy)
+          self._resume_strategy()
+          stacked = self._restore_members(step, self._search_template())
         _, ex = self._make_ex("search", self.n_pad)
         ex.set_states(stacked)
         self._run_phase("search", ex, epoch, base_s, self._meta, log)
@@ -1373,8 +1428,8 @@ class Sweep:
       base_f = e_w + e_s + 2
       if phase == "finetune":
         if restored is not None:
-          stacked = self.ckpt.restore(restored, self._finetune_template())
-          self.strategy = self._meta.get("strategy", self.strategy)
+          self._resume_strategy()
+          stacked = self._restore_members(restored, self._finetune_template())
         _, ex = self._make_ex("finetune", self.n_pad)
         ex.set_states(stacked)
         self._run_phase("finetune", ex, epoch, base_f, self._meta, log)
@@ -1390,7 +1445,8 @@ class Sweep:
       elif phase != "pit_done":  # already done: the results from the files
         results = self._read_results()
         if results is None:  # missing or damaged: evaluate the final checkpoint again
-          final = self.ckpt.restore(step, self._finetune_template())
+          self._resume_strategy()
+          final = self._restore_members(step, self._finetune_template())
           _, ex = self._make_ex("finetune", self.n_pad)
           ex.set_states(final)
           results = self._results(ex, final)

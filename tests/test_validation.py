@@ -333,3 +333,23 @@ def test_workdir_of_a_run_that_trained_nothing_is_reusable(tmp_path):
   os.makedirs(os.path.join(wd, "checkpoints", "0"))
   with pytest.raises(sweep.ConfigError, match="holds another run"):
     sweep.validate_config(H.tiny_config(), wd)
+
+
+def test_resume_may_move_data_and_devices(tmp_path, capsys):
+  """Launch details may change on resume (data mounted elsewhere, other devices or evaluation
+  batch); what the run computes may not."""
+  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "w")
+  os.makedirs(os.path.join(wd, "checkpoints", "0"))
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump({"config": json.loads(H.tiny_config().to_json_best_effort())}, f)
+  moved = H.tiny_config()
+  moved.data.data_dir = "/mnt/elsewhere"
+  moved.train.eval_batch_size = 64
+  moved.sweep.strategy = "vmap"
+  sweep.validate_config(moved, wd)
+  assert "data.data_dir='/mnt/elsewhere'" in capsys.readouterr().err
+  other = H.tiny_config()
+  other.train.batch_size = 8
+  with pytest.raises(sweep.ConfigError, match="train.batch_size"):
+    sweep.validate_config(other, wd)
