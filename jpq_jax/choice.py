@@ -197,7 +197,9 @@ def onehot_from_bits(bits: jax.Array, precisions: Sequence[int], what: str = "pr
 
   Raises:
     ValueError: concrete ``bits`` holding a bit-width outside ``precisions`` (its column would be
-      all zeros: the channel silently zeroed). Traced ``bits`` (inside jit/vmap) are not checked.
+      all zeros: the channel silently zeroed). Traced ``bits`` (inside jit/vmap) cannot raise:
+      their columns outside the set are NaN instead, so the output and the loss turn NaN (the
+      sweep reports such a member as failed) rather than the channel silently reading zero.
   """
   concrete = _concrete(bits)
   if concrete is not None:
@@ -207,7 +209,10 @@ def onehot_from_bits(bits: jax.Array, precisions: Sequence[int], what: str = "pr
                        "(freeze the architecture with jpq_jax.freeze / to_fixed)")
   bits = jnp.asarray(bits, jnp.int32)
   p = jnp.asarray(precisions, jnp.int32).reshape((-1,) + (1,) * bits.ndim)
-  return (bits[None] == p).astype(jnp.float32)
+  onehot = (bits[None] == p).astype(jnp.float32)
+  if concrete is not None:
+    return onehot
+  return jnp.where(onehot.sum(0, keepdims=True) > 0, onehot, jnp.nan)
 
 
 def sample_theta(alpha: jax.Array,

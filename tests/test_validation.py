@@ -353,3 +353,28 @@ def test_resume_may_move_data_and_devices(tmp_path, capsys):
   other.train.batch_size = 8
   with pytest.raises(sweep.ConfigError, match="train.batch_size"):
     sweep.validate_config(other, wd)
+
+
+def test_traced_bits_outside_the_precision_set_are_loud():
+  """Inside jit a bad bit-width cannot raise: its theta column is NaN, so the output is NaN where
+  it used to be a silently zeroed channel; valid bits give exactly the eager one-hot."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jpq_jax as jpq  # pylint: disable=import-outside-toplevel
+  from jpq_jax import choice  # pylint: disable=import-outside-toplevel
+  from jpq_jax.models import DemoNet  # pylint: disable=import-outside-toplevel
+  traced = jax.jit(lambda b: choice.onehot_from_bits(b, (0, 2, 4, 8)))
+  ok = np.array([0, 8, 2, 4, 8], np.int32)
+  np.testing.assert_array_equal(np.asarray(traced(ok)),
+                                np.asarray(choice.onehot_from_bits(ok, (0, 2, 4, 8))))
+  th = np.asarray(traced(np.array([0, 3, 8], np.int32)))
+  assert np.isnan(th[:, 1]).all() and np.isfinite(th[:, [0, 2]]).all()
+  model = DemoNet(width=4)
+  x = np.random.RandomState(0).rand(2, 8, 8, 1).astype(np.float32)
+  sv = jpq.to_search(model, model.init(jax.random.PRNGKey(1), x, jpq.Ctx.float()), x)
+  fx = jpq.to_fixed(sv, jpq.trace_table(model, x))
+  run = jax.jit(lambda v: jax.tree_util.tree_leaves(model.apply(v, x, jpq.Ctx.fixed()))[0])
+  assert np.isfinite(np.asarray(run(fx))).all()
+  wb = np.array(fx["precision"]["g_res"]["w_bits"])
+  wb[0] = 3
+  bad = {**fx, "precision": {**fx["precision"], "g_res": {**fx["precision"]["g_res"], "w_bits": wb}}}
+  assert np.isnan(np.asarray(run(bad))).any()
