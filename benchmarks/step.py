@@ -3,8 +3,9 @@
 Measures, side by side in one process, the training step of the float (warm-up) model and of the
 search-mode model (weights {0,2,4,8}, activations {8} or {2,4,8}) at batch 32 and 128. The float step
 is compiled with XLA's default options and with jpq's (:func:`jpq_jax.compiler_options`); the search
-step as jpq runs it (fused activation mixture, jpq's options) and as the literal sum of per-precision
-PACT copies with XLA's defaults (jpq before the fused mixture; ``--no-copies`` skips it). Per row:
+step as jpq runs it (fused activation mixture, jpq's options), the same with ``remat="dots"``
+(``--no-remat`` skips it) and as the literal sum of per-precision PACT copies with XLA's defaults
+(jpq before the fused mixture; ``--no-copies`` skips it). Per row:
 
 * median step time over repeats (after compile), images/s and the search/float ratio;
 * compile time of each step;
@@ -93,7 +94,7 @@ def float_step_fn(model, tx):
   return step
 
 
-def search_step_fn(model, table, tx, counter):
+def search_step_fn(model, table, tx, counter, remat="none"):
   size = jpq.costs.get_cost("size")
 
   def step(params, arch, opt, x, y, lam, temperature):
@@ -104,6 +105,9 @@ def search_step_fn(model, table, tx, counter):
       out = model.apply({"params": pa[0], "arch": pa[1]}, x, ctx)
       th = jpq.thetas({"arch": pa[1]}, table, ctx)
       return _ce(out.value, y) + lam * size(table, th)
+
+    if remat == "dots":  # as jpq_jax.train.make_train_step(remat="dots")
+      loss_fn = jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.dots_saveable)
 
     loss, g = jax.value_and_grad(loss_fn)((params, arch))
     upd, opt = tx.update(g, opt, (params, arch))
@@ -145,12 +149,14 @@ def _row(compiled, batch, **fields):
   return dict(batch=batch, mem_bytes=_memory(compiled), flops=_flops(compiled), **fields)
 
 
-def run(batches, repeats, abits_sets, with_copies=True):
+def run(batches, repeats, abits_sets, with_copies=True, with_remat=True):
   """Every step of one batch size is compiled in this process and timed side by side.
 
   Rows: the float step with XLA's default options and with jpq's (``jpq_jax.compiler``); per
   activation set the search step as jpq runs it (fused activation mixture, jpq's options) and, with
-  ``with_copies``, the literal sum of PACT copies with XLA's defaults (what jpq ran before).
+  ``with_copies``, the literal sum of PACT copies with XLA's defaults (what jpq ran before), and,
+  with ``with_remat``, jpq's step with ``remat="dots"`` (conv/matmul outputs kept, the rest
+  recomputed in the backward).
   """
   rows = []
   key = jax.random.PRNGKey(0)
@@ -170,12 +176,15 @@ def run(batches, repeats, abits_sets, with_copies=True):
       comp = jax.jit(float_step_fn(fm, tx), donate_argnums=(0, 1, 2),
                      compiler_options=opts).lower(*args).compile()
       floats[xla_label(opts)] = r = _row(comp, batch, step="float", abits="-", mixture="-",
-                                         xla=xla_label(opts), compile_s=time.perf_counter() - t0)
+                                         xla=xla_label(opts), remat="none",
+                                         compile_s=time.perf_counter() - t0)
       entries.append((comp, args))
       batch_rows.append(r)
     for abits in abits_sets:
-      variants = [("fused", jpq_opts)] + ([("copies", None)] if with_copies else [])
-      for mixture, opts in variants:
+      variants = ([("fused", jpq_opts, "none")]
+                  + ([("fused", jpq_opts, "dots")] if with_remat else [])
+                  + ([("copies", None, "none")] if with_copies else []))
+      for mixture, opts, remat in variants:
         space = jpq.SearchSpace(w_precisions=(0, 2, 4, 8), a_precisions=abits,
                                 activation_mixture=mixture)
         sm = ResNet8(space=space)
@@ -183,14 +192,14 @@ def run(batches, repeats, abits_sets, with_copies=True):
         sv = jpq.to_search(sm, {"params": fv["params"], "batch_stats": fv["batch_stats"]}, x[:1],
                            table=table)
         counter = []
-        sstep = jax.jit(search_step_fn(sm, table, optax.adam(1e-3), counter),
+        sstep = jax.jit(search_step_fn(sm, table, optax.adam(1e-3), counter, remat),
                         donate_argnums=(0, 1, 2), compiler_options=opts)
         opt = optax.adam(1e-3).init((sv["params"], sv["arch"]))
         sargs = (sv["params"], sv["arch"], opt, x, y, jnp.float32(1e-6), jnp.float32(1.0))
         t0 = time.perf_counter()
         scomp = sstep.lower(*sargs).compile()
         r = _row(scomp, batch, step="search", abits=",".join(map(str, abits)), mixture=mixture,
-                 xla=xla_label(opts), compile_s=time.perf_counter() - t0)
+                 xla=xla_label(opts), remat=remat, compile_s=time.perf_counter() - t0)
         # Recompiles across "epochs" (temperatures) and "members" (lambdas): call the jitted
         # function (not the AOT executable) with new array values and count traces.
         n0 = len(counter)
@@ -226,21 +235,27 @@ def main():
   ap.add_argument("--quick", action="store_true", help="batch 32 only, 3 repeats")
   ap.add_argument("--no-copies", action="store_true",
                   help="skip the sum-of-copies search steps (the pre-fused implementation)")
+  ap.add_argument("--no-remat", action="store_true",
+                  help="skip the search steps with remat='dots'")
   ap.add_argument("--out", default=str(RESULTS / "step.json"))
   a = ap.parse_args()
   if a.quick:
     a.batches, a.repeats = [32], 3
-  rows, peak = run(a.batches, a.repeats, [(8,), (2, 4, 8)], with_copies=not a.no_copies)
-  hdr = (f"{'batch':>5} {'step':<6} {'abits':<6} {'mixture':<7} {'xla':<7} {'ms/step':>8} "
+  rows, peak = run(a.batches, a.repeats, [(8,), (2, 4, 8)], with_copies=not a.no_copies,
+                   with_remat=not a.no_remat)
+  hdr = (f"{'batch':>5} {'step':<6} {'abits':<6} {'mixture':<7} {'xla':<7} {'remat':<5} "
+         f"{'ms/step':>8} "
          f"{'img/s':>6} {'x float':>7} {'x float':>7} {'compile':>7} {'mem MB':>7} {'mem x':>6} "
          f"{'mem x':>6} {'GFLOP/s':>7} {'%peak':>5} {'traces':>6}")
-  sub = (f"{'':>5} {'':<6} {'':<6} {'':<7} {'':<7} {'':>8} {'':>6} {'(dflt)':>7} {'(jpq)':>7} "
+  sub = (f"{'':>5} {'':<6} {'':<6} {'':<7} {'':<7} {'':<5} {'':>8} {'':>6} {'(dflt)':>7} "
+         f"{'(jpq)':>7} "
          f"{'s':>7} {'':>7} {'(dflt)':>6} {'(jpq)':>6}")
   print(hdr)
   print(sub)
   print("-" * len(hdr))
   for r in rows:
     print(f"{r['batch']:>5} {r['step']:<6} {r['abits']:<6} {r['mixture']:<7} {r['xla']:<7} "
+          f"{r.get('remat', 'none'):<5} "
           f"{1e3 * r['time_s']:>8.1f} {r['img_s']:>6.0f} "
           f"{_fmt(r.get('ratio_vs_float_default'), '.2f'):>7} "
           f"{_fmt(r.get('ratio_vs_float_jpq'), '.2f'):>7} {r['compile_s']:>7.1f} "

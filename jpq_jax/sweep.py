@@ -95,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     train: ``batch_size``, ``eval_batch_size``, ``monitor`` (``acc``: val accuracy max; ``loss``:
       val loss min, including lambda * argmax cost in the search), ``patience``, ``earlystop_start``
       (epochs <= it never count, when the phase has more epochs than it), ``class_weights``,
-      ``label_smoothing``.
+      ``label_smoothing``, ``remat`` (``none``; ``dots``: keep only convolution/matmul outputs
+      for the backward and recompute the rest, less memory per member on accelerators, see
+      :func:`jpq_jax.train.make_train_step`).
     warmup / search / finetune: ``epochs``, ``optimizer`` (``adam``/``sgd``, lr, wd, momentum,
       nesterov), ``schedule`` (see :func:`jpq_jax.train.lr_factor`); warm-up ``checkpoint`` (a
       ``warmup/`` directory of an earlier run to reuse); search ``arch_optimizer``, ``cost``,
@@ -132,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
       input_signed_clips=(-6.0, 6.0), activation_mixture="fused"))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, eval_batch_size=256, monitor="acc", patience=50, earlystop_start=20,
-      class_weights=False, label_smoothing=0.0))
+      class_weights=False, label_smoothing=0.0, remat="none"))
   c.warmup = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)),
       checkpoint=""))
@@ -343,6 +345,9 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
   if cfg.model.name not in MODELS:
     raise _field_error("model.name", f"unknown model {cfg.model.name!r}; available: {sorted(MODELS)}")
   _space(resolve_method(cfg) if "method" in cfg else cfg)
+  if cfg.train.get("remat", "none") not in T.REMAT_POLICIES:
+    raise _field_error("train.remat", f"unknown policy {cfg.train.remat!r}; use one of "
+                       f"{T.REMAT_POLICIES}")
   if cfg.train.monitor not in ("acc", "loss"):
     raise _field_error("train.monitor", f"use 'acc' or 'loss', got {cfg.train.monitor!r}")
   kill = str(cfg.get("debug", {}).get("kill_at", "") or "")
@@ -402,9 +407,9 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       new = json.loads(cfg.to_json_best_effort())
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
       # differs between the processes of one run); the strategy, the data axis of the mesh, the
-      # evaluation batch, the XLA options and the form of the activation mixture change only
-      # float32 rounding, and a preempted run may resume on other devices (its member padding is
-      # rebuilt) with its data mounted elsewhere.
+      # evaluation batch, rematerialisation, the XLA options and the form of the activation
+      # mixture change only float32 rounding, and a preempted run may resume on other devices
+      # (its member padding is rebuilt) with its data mounted elsewhere.
       diff = _first_diff(old, new, ignore=RESUME_MAY_CHANGE)
       if diff is not None:
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
@@ -419,7 +424,8 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
 # Config fields a run may change when it resumes in the same work directory (see validate_config).
 RESUME_MAY_CHANGE = ("sweep.strategy", "sweep.data_devices", "sweep.xla_options",
                      "model.activation_mixture", "sweep.async_checkpoint", "sweep.checkpoint_keep",
-                     "train.eval_batch_size", "data.data_dir", "debug", "distributed")
+                     "train.eval_batch_size", "train.remat", "data.data_dir", "debug",
+                     "distributed")
 
 
 def _holds_work(workdir: str) -> bool:
@@ -1177,7 +1183,8 @@ class Sweep:
                           pc.arch_optimizer.to_dict() if phase == "search" else None)
     step = T.make_train_step(self.model, self.table, phase, tx, cost=cfg.search.cost,
                              sampling=cfg.search.sampling, class_weights=self.cw,
-                             label_smoothing=float(cfg.train.label_smoothing))
+                             label_smoothing=float(cfg.train.label_smoothing),
+                             remat=str(cfg.train.get("remat", "none")))
     evaluate = T.make_eval_step(self.model, phase, class_weights=self.cw)
     start = T.earlystop_start(int(pc.epochs), int(cfg.train.earlystop_start))
     decay = float(cfg.search.temperature_decay) if phase == "search" else 0.0

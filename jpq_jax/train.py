@@ -40,12 +40,18 @@ from jpq_jax.table import LayerTable
 
 __all__ = [
     "PHASES", "CLIP_NAMES", "TrainState", "param_labels", "make_optimizer", "lr_factor",
-    "temperature_at", "strength_at", "earlystop_start", "init_state", "make_train_step",
+    "temperature_at", "strength_at", "earlystop_start", "init_state", "make_train_step", "REMAT_POLICIES",
     "make_eval_step", "make_cost_fn", "end_epoch", "restore_best", "cross_entropy", "get_cost_fn",
     "cost_names", "make_step",
 ]
 
 PHASES = ("warmup", "search", "finetune")
+# Rematerialisation of the training step's forward in its backward (``make_train_step(remat=)``):
+# ``none`` keeps what XLA keeps; ``dots`` keeps only the outputs of convolutions and matmuls and
+# recomputes the elementwise work after them (the quantizers' mixtures, ReLU, the adds) in the
+# backward, to cut the activations kept per member on accelerators. XLA:CPU merges the
+# recomputation back into the forward: no saving there (benchmarks/step.py).
+REMAT_POLICIES = ("none", "dots")
 # PACT clip parameter names: no weight decay (the reference excludes names containing "clip_val").
 CLIP_NAMES = ("clip", "clip_inf", "clip_sup")
 
@@ -310,7 +316,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: Optional[
 
 
 # ---- steps ------------------------------------------------------------------------------------------------
-PHASES = ("warmup", "search", "finetune")
 
 
 def _check_phase(phase: str) -> None:
@@ -375,7 +380,8 @@ def _where(c, new, old):
 def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
                     tx: optax.GradientTransformation, *, cost: Optional[str] = None,
                     sampling: str = "softmax", class_weights: Optional[np.ndarray] = None,
-                    label_smoothing: float = 0.0, nan_member: Optional[int] = None) -> Callable:
+                    label_smoothing: float = 0.0, nan_member: Optional[int] = None,
+                    remat: str = "none") -> Callable:
   """The pure single-member training step of ``phase``.
 
   Args:
@@ -388,6 +394,11 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
     class_weights: optional CE class weights.
     label_smoothing: CE label smoothing.
     nan_member: testing hook; not used by the step itself (see the sweep's ``inject_nan``).
+    remat: one of :data:`REMAT_POLICIES`: ``none`` (default) or ``dots``, which wraps the loss in
+      ``jax.checkpoint`` with ``jax.checkpoint_policies.dots_saveable``: only convolution and
+      matmul outputs are kept for the backward and the elementwise work after them is recomputed
+      (less memory per member on accelerators, a little more compute; the same values up to
+      float32 roundoff of the recomputation).
 
   Returns:
     ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)``: ``lam_e`` is this epoch's
@@ -396,10 +407,12 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
     ``ok`` (the step was applied).
 
   Raises:
-    ValueError: an unknown ``phase``.
+    ValueError: an unknown ``phase`` or ``remat`` policy.
   """
   del nan_member
   _check_phase(phase)
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {remat!r}; use one of {REMAT_POLICIES}")
   cost_fn = get_cost_fn(cost) if phase == "search" else None
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
@@ -421,6 +434,8 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
     acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
     return task + lam_e * c, (task, c, acc, new_extra)
 
+  if remat == "dots":
+    loss_fn = jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.dots_saveable)
   return make_step(loss_fn, tx)
 
 

@@ -101,6 +101,38 @@ def test_nan_step_freezes_member():
   assert bool(s3.failed) and int(s3.step) == 1  # stays frozen
 
 
+@pytest.mark.parametrize("phase", ["warmup", "search", "finetune"])
+def test_remat_dots_is_the_same_step(phase):
+  """``remat="dots"`` recomputes the elementwise work in the backward: same loss, metrics and
+  updated state up to float32 roundoff of the recomputation, in every phase."""
+  from jpq_jax.models import get_model
+  from jpq_jax import trace_table, to_search, to_fixed
+  model = get_model("demo")
+  x = jax.random.uniform(jax.random.PRNGKey(3), (8, 8, 8, 1))
+  y = jnp.arange(8) % 10
+  fv = model.init(jax.random.PRNGKey(0), x, T.Ctx.float())
+  table = trace_table(model, x[:1])
+  sv = to_search(model, fv, x[:1])
+  variables = {"warmup": fv, "search": sv, "finetune": to_fixed(sv, table)}[phase]
+  tx = T.make_optimizer({"name": "adam", "lr": 1e-3, "wd": 1e-4},
+                        {"name": "sgd", "lr": 1e-2, "momentum": 0.9} if phase == "search" else None)
+  s0 = T.init_state(phase, variables, tx, key=jax.random.PRNGKey(1), lam=1e-6)
+  args = (x, y, jnp.float32(1e-3), jnp.float32(1.0), jnp.float32(0.0))
+  outs = [jax.jit(T.make_train_step(model, table, phase, tx, cost="size", remat=r))(s0, *args)
+          for r in T.REMAT_POLICIES]
+  (s_a, m_a), (s_b, m_b) = outs
+  assert bool(m_a["ok"]) and bool(m_b["ok"])
+  for a, b in zip(jax.tree_util.tree_leaves((s_a, m_a)), jax.tree_util.tree_leaves((s_b, m_b))):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=1e-4, atol=1e-6)
+  jaxprs = [str(jax.make_jaxpr(T.make_train_step(model, table, phase, tx, cost="size", remat=r))(
+      s0, *args)) for r in T.REMAT_POLICIES]
+  assert "checkpoint[" not in jaxprs[0] and "policy=" not in jaxprs[0]
+  assert "dots_saveable" in jaxprs[1] or "DotsSaveable" in jaxprs[1]
+  with pytest.raises(ValueError, match="unknown remat policy 'all'"):
+    T.make_train_step(model, table, phase, tx, remat="all")
+
+
 def test_unknown_phase_is_rejected():
   # A typo must not silently select the fixed-precision path.
   from jpq_jax import pit

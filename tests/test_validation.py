@@ -94,6 +94,7 @@ CLI_ROWS = [
     ("unknown XLA options", _sweep("sweep.xla_options=fastest"), "sweep.xla_options"),
     ("unknown model", _sweep("model.name=vgg"), "model.name"),
     ("bad kill point", _sweep("debug.kill_at=search:x"), "debug.kill_at"),
+    ("unknown remat policy", _sweep("train.remat=everything"), "train.remat"),
     # precision sets
     ("repeated precision", _sweep("model.w_precisions=0,3,3"), "model.w_precisions"),
     ("pruning only", _sweep("model.w_precisions=0"), "at least one non-zero bit-width"),
