@@ -22,7 +22,9 @@ Runs (each a sweep in ``<workdir>/<run>``, all sharing the float warm-up of ``jo
   (fixed-precision QAT), ``pit`` (float PIT, sizes at 32 bit), ``pit_mixprec`` (sequential);
 * ``joint_mpic`` / ``joint_ne16``: the joint search with each hardware cost (full protocol), so the
   MPIC and NE16 reports cross-evaluate the two hardware-tailored fronts on both models (every run's
-  results.json holds every cost of every member).
+  results.json holds every cost of every member);
+* ``joint_keepalive`` (only with ``--runs``): ``joint`` with ``model.keep_alive=1``, jpq's named
+  improvement that keeps one channel of every group (see ``jpq_jax.SearchSpace.keep_alive``).
 
 Lambdas: the size lambdas of the config; for another cost they are rescaled so that lambda * cost
 of the all-8-bit network is the same as with the size cost (the cost scales differ by orders of
@@ -48,6 +50,9 @@ sys.path.insert(0, ROOT)
 
 FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pit_mixprec",
              "joint_mpic", "joint_ne16")
+# Runs of jpq's named improvements, not in any protocol by default (``--runs`` adds them):
+# ``joint_keepalive`` is ``joint`` with ``model.keep_alive=1`` (no group can be pruned away).
+OPTIONAL_RUNS = ("joint_keepalive",)
 
 # Reduced CPU protocol (CIFAR-10 / ResNet-8 on 2 cores, within 2 h; measured ~50 min): joint vs fixed w8a8 / w4a8 /
 # w2a8 vs sequential PIT -> MixPrec. A seeded 10,000-image subset of the 40,000 training images,
@@ -161,9 +166,9 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   Raises:
     ValueError: an unknown run name.
   """
-  unknown = [r for r in extra_runs if r not in FULL_RUNS]
+  unknown = [r for r in extra_runs if r not in FULL_RUNS + OPTIONAL_RUNS]
   if unknown:
-    raise ValueError(f"unknown run(s) {unknown}; the runs are {FULL_RUNS}")
+    raise ValueError(f"unknown run(s) {unknown}; the runs are {FULL_RUNS + OPTIONAL_RUNS}")
   from jpq_jax.cli import load_config  # pylint: disable=import-outside-toplevel
   base = load_config(os.path.join(ROOT, "experiments", "configs", f"{bench}.py"))
   if data_dir:
@@ -171,8 +176,8 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   base.sweep.xla_options = xla_options
   base.model.activation_mixture = activation_mixture
   prot = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(protocol)
-  runs = FULL_RUNS if prot is None else tuple(prot["runs"]) + tuple(
-      r for r in extra_runs if r not in prot["runs"])
+  runs = (FULL_RUNS if prot is None else tuple(prot["runs"])) + tuple(
+      r for r in extra_runs if r not in (FULL_RUNS if prot is None else prot["runs"]))
   if prot is not None:
     with base.data.options.unlocked():
       for k, v in prot["data"].items():
@@ -194,6 +199,9 @@ def run_configs(bench: str, protocol: str, data_dir: str,
       c.fixed_bits = tuple(int(b) for b in r[1:].split("a"))
       if prot is not None:
         c.search.epochs = prot["fixed_search_epochs"]
+    elif r == "joint_keepalive":
+      c.method = "joint"
+      c.model.keep_alive = 1
     elif r.startswith("joint_"):
       cost = r[len("joint_"):]
       c.method = "joint"
@@ -262,7 +270,7 @@ def main(argv=None) -> int:
   # record) are included after the protocol's runs.
   finished = {d for d in os.listdir(wd) if os.path.exists(os.path.join(wd, d, "results.json"))}
   done = [r for r in FULL_RUNS if r in finished] + sorted(finished - set(FULL_RUNS))
-  plain = [r for r in done if not r.startswith("joint_")]
+  plain = [r for r in done if not r.startswith("joint_") or r in OPTIONAL_RUNS]
   reports = {"size": ["joint"] + [r for r in done if r != "joint"]}
   if "joint_mpic" in done and "joint_ne16" in done:
     reports["mpic"] = ["joint_mpic", "joint_ne16"] + plain

@@ -103,7 +103,7 @@ def thetas(variables: Mapping, table: LayerTable, ctx: Ctx) -> Dict[str, GroupTh
     w = a = None
     if ctx.mode == "search":
       if g.kind != "input":
-        w = choice.sample_theta(node["alpha_w"], ctx.temperature, train=ctx.train,
+        w = choice.sample_theta(g.weight_logits(node["alpha_w"]), ctx.temperature, train=ctx.train,
                                 sampling=ctx.sampling, key=choice.weight_key(ctx.key, g.name))
         if w.ndim == 1:
           w = jnp.broadcast_to(w[:, None], (w.shape[0], g.channels))
@@ -152,7 +152,7 @@ def freeze(arch: Mapping, table: LayerTable, temperature: float = 1.0) -> Dict[s
     node = get_path(arch, g.path)
     entry = {}
     if g.kind != "input":
-      th = jax.nn.softmax(jnp.asarray(node["alpha_w"]) / temperature, axis=0)
+      th = jax.nn.softmax(g.weight_logits(jnp.asarray(node["alpha_w"])) / temperature, axis=0)
       idx = jnp.argmax(th, axis=0)
       bits = jnp.asarray(g.w_precisions, jnp.int32)[idx]
       if bits.ndim == 0:

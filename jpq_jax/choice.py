@@ -27,6 +27,7 @@ __all__ = [
     "weight_key",
     "activation_key",
     "onehot_from_bits",
+    "keep_alive_logits",
 ]
 
 # Sampling methods in training mode (METHOD.md §2.3):
@@ -213,6 +214,35 @@ def onehot_from_bits(bits: jax.Array, precisions: Sequence[int], what: str = "pr
   if concrete is not None:
     return onehot
   return jnp.where(onehot.sum(0, keepdims=True) > 0, onehot, jnp.nan)
+
+
+def keep_alive_logits(alpha: jax.Array, zero_index: Optional[int], keep_alive: int) -> jax.Array:
+  """``alpha`` with the 0-bit option of the last ``keep_alive`` channels removed (logit -inf).
+
+  The keep-alive improvement (``SearchSpace.keep_alive``, not in the reference): a group's last
+  ``keep_alive`` output channels can never be pruned, as PIT's keep-alive channel (METHOD.md §7.1),
+  so a large lambda cannot remove a whole group (a residual group pruned away leaves a network that
+  predicts one class). Their theta over the other precisions is the softmax of the remaining logits;
+  the masked logit gets no gradient. Every reader of ``alpha_w`` (the layers' theta, the costs'
+  thetas, :func:`jpq_jax.freeze`, the conversion's compensation) applies it, so they agree.
+
+  Args:
+    alpha: weight logits ``(n, C)`` of a channel-wise group (other shapes are returned as they are:
+      layer-wise groups have no pruning).
+    zero_index: row of the 0-bit option, or None (no pruning option: returned as it is).
+    keep_alive: number of channels to keep, counted from the last; 0 (the reference) returns
+      ``alpha`` unchanged; more than ``C`` keeps every channel.
+
+  Returns:
+    The masked logits, same shape and dtype.
+  """
+  if not keep_alive or zero_index is None or jnp.ndim(alpha) != 2:
+    return alpha
+  alpha = jnp.asarray(alpha)
+  n, c = alpha.shape
+  masked = ((jnp.arange(n) == zero_index)[:, None]
+            & (jnp.arange(c) >= c - int(keep_alive))[None, :])
+  return jnp.where(masked, -jnp.inf, alpha)
 
 
 def sample_theta(alpha: jax.Array,

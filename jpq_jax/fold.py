@@ -102,7 +102,10 @@ def to_search(model: Any, float_variables: Mapping, sample_input: Any, *, compen
     if compensate:
       g = table.group(layer.w_group)
       if g.prunable:
-        th0 = jax.nn.softmax(choice.init_logits(g.w_precisions), axis=0)[g.zero_index]
+        # Per output channel (last kernel axis): keep-alive channels have theta_0 = 0, so their
+        # weights are not scaled (SearchSpace.keep_alive; with 0 every channel gets the same factor).
+        init = g.weight_logits(choice.init_logits(g.w_precisions, g.channels))
+        th0 = jax.nn.softmax(init, axis=0)[g.zero_index]
         kernel = kernel / (1.0 - th0)
     entry = {"kernel": kernel}
     if "bias" in target:

@@ -191,6 +191,10 @@ class SearchSpace:
       :func:`~jpq_jax.quant.pact` copies, the reference's literal form, and a separate ReLU). Both
       give the reference's values and gradients to float32 rounding; they differ in speed and
       memory (benchmarks/step.py).
+    keep_alive: number of output channels of every prunable group (the last ones) that cannot
+      take the 0-bit option, so no group can be pruned away. 0 (default) is the reference; 1 is
+      PIT's keep-alive channel (METHOD.md §7.1) applied to the joint search, a named improvement
+      (:func:`jpq_jax.choice.keep_alive_logits`).
   """
   w_precisions: Tuple[int, ...] = (0, 2, 4, 8)
   a_precisions: Tuple[int, ...] = (8,)
@@ -201,6 +205,7 @@ class SearchSpace:
   input_signed: bool = False
   input_signed_clips: Tuple[float, float] = (-6.0, 6.0)
   activation_mixture: str = "fused"
+  keep_alive: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "w_precisions",
@@ -219,6 +224,10 @@ class SearchSpace:
     if self.activation_mixture not in ("fused", "copies"):
       raise ValueError(f"SearchSpace.activation_mixture: unknown {self.activation_mixture!r}; use "
                        "'fused' or 'copies'")
+    if (isinstance(self.keep_alive, bool) or not float(self.keep_alive).is_integer()
+        or self.keep_alive < 0):
+      raise ValueError(f"SearchSpace.keep_alive: a number of channels >= 0, got {self.keep_alive!r}")
+    object.__setattr__(self, "keep_alive", int(self.keep_alive))
     lo, hi = self.input_signed_clips
     if not lo < hi:
       raise ValueError(f"SearchSpace.input_signed_clips: need inf < sup, got {self.input_signed_clips}")
@@ -336,7 +345,7 @@ class Group(nn.Module):
     path, name = _path_name(self)
     return GroupRecord(name=name, path=path, kind="output" if self.output else "hidden",
                        channels=self.features, w_precisions=self.wbits, a_precisions=self.abits,
-                       granularity=self.space.granularity)
+                       granularity=self.space.granularity, keep_alive=self.space.keep_alive)
 
   @property
   def group_name(self) -> str:
@@ -379,6 +388,7 @@ class Group(nn.Module):
         raise ValueError(f"group {self.group_name!r}: arch alpha_w has shape {alpha.shape}, "
                          f"expected {shape} for weight precisions {ps}")
       key = choice.weight_key(ctx.key, self.group_name)
+      alpha = self.record().weight_logits(alpha)  # keep-alive channels (0: unchanged)
       th = choice.sample_theta(alpha, ctx.temperature, train=ctx.train, sampling=ctx.sampling, key=key)
       if th.ndim == 1:
         th = jnp.broadcast_to(th[:, None], (len(ps), self.features))

@@ -131,7 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="resnet8", w_precisions=(0, 2, 4, 8), a_precisions=(8,), input_precisions=(),
       granularity="channel", clip_init=6.0, input_clip_init=1.0, input_signed=False,
-      input_signed_clips=(-6.0, 6.0), activation_mixture="fused"))
+      input_signed_clips=(-6.0, 6.0), activation_mixture="fused", keep_alive=0))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, eval_batch_size=256, monitor="acc", patience=50, earlystop_start=20,
       class_weights=False, label_smoothing=0.0, remat="none"))
@@ -204,11 +204,12 @@ def _space(cfg) -> SearchSpace:
                        clip_init=float(m["clip_init"]), input_clip_init=float(m["input_clip_init"]),
                        input_signed=bool(m["input_signed"]),
                        input_signed_clips=tuple(m["input_signed_clips"]),
-                       activation_mixture=m.get("activation_mixture", "fused"))
+                       activation_mixture=m.get("activation_mixture", "fused"),
+                       keep_alive=m.get("keep_alive", 0))
   except ValueError as e:
     field = "model"
     for f in ("w_precisions", "a_precisions", "input_precisions", "granularity", "clip",
-              "input_signed_clips", "activation_mixture"):
+              "input_signed_clips", "activation_mixture", "keep_alive"):
       if f in str(e):
         field = f"model.{f}" if f != "clip" else "model.clip_init"
         break
@@ -404,6 +405,9 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     if os.path.exists(path) and _holds_work(workdir):
       with open(path) as f:
         old = json.load(f).get("config", {})
+      # A field added to the config after the run started is its default there (the run computed
+      # what the default computes): a run of an earlier jpq version resumes.
+      old = _fill_defaults(old, json.loads(base_config().to_json_best_effort()))
       new = json.loads(cfg.to_json_best_effort())
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
       # differs between the processes of one run); the strategy, the data axis of the mesh, the
@@ -437,6 +441,16 @@ def _holds_work(workdir: str) -> bool:
   ckpts = os.path.join(workdir, "checkpoints")
   return (any(os.path.exists(os.path.join(workdir, d)) for d in ("warmup", "final", "pit"))
           or (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))))
+
+
+def _fill_defaults(saved: Any, defaults: Any) -> Any:
+  """``saved`` with the keys it lacks taken from ``defaults`` (nested dicts, recursively)."""
+  if not isinstance(saved, dict) or not isinstance(defaults, dict):
+    return saved
+  out = dict(saved)
+  for k, v in defaults.items():
+    out[k] = _fill_defaults(saved[k], v) if k in saved else v
+  return out
 
 
 def _first_diff(a, b, prefix="", ignore=()) -> Optional[str]:

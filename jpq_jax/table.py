@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jpq_jax import choice
+
 __all__ = ["LayerRecord", "GroupRecord", "LayerTable", "trace_table", "TABLE_COLLECTION"]
 
 TABLE_COLLECTION = "table"
@@ -34,6 +36,8 @@ class GroupRecord:
     a_precisions: activation bit-widths of its output quantizer (empty: output not quantized).
     granularity: ``"channel"`` (one choice per output channel) or ``"layer"``.
     signed: whether the activation quantizer is signed PACT (speech input quantizer).
+    keep_alive: number of its last channels that cannot take the 0-bit option
+      (``SearchSpace.keep_alive``; 0 = the reference).
   """
   name: str = struct.field(pytree_node=False)
   path: Tuple[str, ...] = struct.field(pytree_node=False)
@@ -43,6 +47,7 @@ class GroupRecord:
   a_precisions: Tuple[int, ...] = struct.field(pytree_node=False, default=())
   granularity: str = struct.field(pytree_node=False, default="channel")
   signed: bool = struct.field(pytree_node=False, default=False)
+  keep_alive: int = struct.field(pytree_node=False, default=0)
 
   @property
   def prunable(self) -> bool:
@@ -53,6 +58,17 @@ class GroupRecord:
   def zero_index(self) -> Optional[int]:
     """Row of the 0-bit option in ``alpha_w``, or None."""
     return self.w_precisions.index(0) if self.prunable else None
+
+  def weight_logits(self, alpha: Any) -> Any:
+    """``alpha_w`` as every reader uses it: keep-alive channels' 0-bit logit at -inf.
+
+    Args:
+      alpha: this group's ``alpha_w``.
+
+    Returns:
+      :func:`jpq_jax.choice.keep_alive_logits` of it (``alpha`` itself when ``keep_alive`` is 0).
+    """
+    return choice.keep_alive_logits(alpha, self.zero_index, self.keep_alive)
 
 
 @struct.dataclass

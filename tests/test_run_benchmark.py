@@ -71,3 +71,14 @@ def test_hardware_runs_rescale_lambdas(rb):
 def test_unknown_run(rb):
   with pytest.raises(ValueError, match="unknown run"):
     rb.run_configs("cifar10_resnet8", "cpu", "", extra_runs=("jiont",))
+
+
+def test_keepalive_run_is_joint_with_one_kept_channel(rb):
+  """The named improvement's run differs from ``joint`` only by ``model.keep_alive``."""
+  for protocol in ("cpu", "full"):
+    assert "joint_keepalive" not in rb.run_configs("cifar10_resnet8", protocol, "")
+    cfgs = rb.run_configs("cifar10_resnet8", protocol, "", extra_runs=("joint_keepalive",))
+    j, k = cfgs["joint"].to_dict(), cfgs["joint_keepalive"].to_dict()
+    assert k["model"].pop("keep_alive") == 1 and j["model"].pop("keep_alive") == 0
+    assert k.pop("name").endswith("joint_keepalive") and j.pop("name").endswith("_joint")
+    assert k == j
