@@ -168,9 +168,9 @@ def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
     The front rows (see :func:`front_of_results`), also written to ``pareto.json`` (with the cost
     and metric the front was taken on) and ``pareto.csv``.
   """
-  _write_json(os.path.join(workdir, "results.json"), results)
+  write_json_atomic(os.path.join(workdir, "results.json"), results)
   front = front_of_results(results)
-  _write_json(os.path.join(workdir, "pareto.json"),
+  write_json_atomic(os.path.join(workdir, "pareto.json"),
               {"cost": default_cost(results), "metric": results.get("pareto_metric", "test_acc"),
                "front": front})
   with open(os.path.join(workdir, "pareto.csv"), "w", newline="") as f:
@@ -187,9 +187,16 @@ def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
   return front
 
 
-def _write_json(path: str, obj: Any) -> None:
-  # Atomically (a temporary file renamed over the old one): a crash mid-write leaves the previous
-  # file or the new one, never a truncated one.
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Write ``obj`` as indented JSON to ``path`` atomically.
+
+  A temporary file renamed over the old one: a crash mid-write leaves the previous file or the new
+  one, never a truncated one.
+
+  Args:
+    path: the file to (over)write.
+    obj: a JSON-serialisable object.
+  """
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)

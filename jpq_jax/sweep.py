@@ -20,8 +20,9 @@ trajectory does not depend on the strategy nor on the other members:
 * ``measure``: compile both ``loop`` and ``vmap`` (or ``sharded``) and time a few steps of each at
   startup, keep the faster.
 
-Everything the run produces goes to its work directory: ``config.json`` (resolved config and library
-versions), ``metrics.jsonl``, ``checkpoints/`` (Orbax, every epoch and phase boundary),
+Everything the run produces goes to its work directory: ``config.json`` (config as given and
+resolved, library versions, command and start time of the run; each later invocation in the same
+directory is appended to its ``resumed`` list), ``metrics.jsonl``, ``checkpoints/`` (Orbax, every epoch and phase boundary),
 ``warmup/`` (the float model, reusable by other runs), ``final/`` (fine-tuned members),
 ``results.json`` and the Pareto front (``pareto.json``, ``pareto.csv``, ``pareto.png``).
 """
@@ -402,9 +403,18 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     raise _field_error("sweep.data_devices", "a data axis needs strategy 'sharded'")
   if workdir is not None:
     path = os.path.join(workdir, "config.json")
+    old = None
     if os.path.exists(path) and _holds_work(workdir):
-      with open(path) as f:
-        old = json.load(f).get("config", {})
+      try:
+        with open(path) as f:
+          old = json.load(f)["config"]
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        # Written non-atomically by jpq before 2026-11-29: a kill mid-write could truncate it. The
+        # checkpoints' structure checks still refuse another model or member grid.
+        print(f"jpq sweep: {path} is unreadable ({type(e).__name__}): the config cannot be "
+              "checked against the trained run; it is rewritten from this config",
+              file=sys.stderr)
+    if old is not None:
       # A field added to the config after the run started is its default there (the run computed
       # what the default computes): a run of an earlier jpq version resumes.
       old = _fill_defaults(old, json.loads(base_config().to_json_best_effort()))
@@ -1352,11 +1362,7 @@ class Sweep:
     # rewrites config.json.
     _barrier("jpq_sweep_start")
     if self.is_main:
-      with open(os.path.join(self.workdir, "config.json"), "w") as f:
-        json.dump({"config": json.loads(self.raw_cfg.to_json_best_effort()),
-                   "resolved_config": json.loads(cfg.to_json_best_effort()),
-                   "versions": library_versions(), "strategy": self.strategy,
-                   "argv": sys.argv}, f, indent=2)
+      self._write_run_record()
     step = self.ckpt.latest_step()
     meta = self.ckpt.meta(step) if step is not None else None
     log = _Log(self.workdir, step if step is not None else -1, self.is_main, self.members,
@@ -1481,6 +1487,36 @@ class Sweep:
     return results
 
   # -- pieces --
+  def _write_run_record(self) -> None:
+    """Write ``config.json``: the run's config, versions and command; a resume appends to it.
+
+    A fresh run writes its config (as given and resolved), library versions, strategy, command line
+    and start time. A run resumed in a work directory that holds its trained state keeps that
+    record (what the run was started with and by which versions) and appends this invocation's
+    time, command, versions and strategy to ``resumed``: rerunning a finished sweep to read its
+    results, or resuming it with a newer jpq, never rewrites its provenance.
+    """
+    from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+    path = os.path.join(self.workdir, "config.json")
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    this = {"time": now, "argv": sys.argv, "versions": library_versions(),
+            "strategy": self.strategy}
+    record = None
+    if os.path.exists(path) and _holds_work(self.workdir):
+      try:
+        with open(path) as f:
+          record = json.load(f)
+      except (OSError, ValueError):
+        record = None  # unreadable: written afresh below (validate_config has read what it could)
+    if not isinstance(record, dict) or "config" not in record:
+      record = {"config": json.loads(self.raw_cfg.to_json_best_effort()),
+                "resolved_config": json.loads(self.cfg.to_json_best_effort()),
+                "versions": this["versions"], "strategy": self.strategy, "argv": sys.argv,
+                "started": now}
+    else:
+      record.setdefault("resumed", []).append(this)
+    pareto.write_json_atomic(path, record)
+
   def _read_results(self) -> Optional[Dict[str, Any]]:
     """``results.json`` of a finished sweep, or None (with a note) when missing or damaged."""
     from jpq_jax import pareto  # pylint: disable=import-outside-toplevel

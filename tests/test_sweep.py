@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -193,3 +194,34 @@ def test_finished_sweep_rebuilds_missing_or_damaged_results(loop3, tmp_path, cap
     with open(path) as f:
       assert len(json.load(f)["members"]) == len(res["members"])
     assert not [n for n in os.listdir(copy) if ".tmp" in n]  # the atomic write left no temporaries
+
+
+def test_rerun_keeps_the_run_record(loop3, tmp_path, capsys):
+  """Rerunning a finished sweep (or resuming one) appends to config.json's ``resumed`` list and
+  keeps what the run was started with; an unreadable config.json is reported, then rewritten."""
+  import shutil
+  wd, _ = loop3
+  c = H.tiny_config(strategy="loop")
+  c.warmup.checkpoint = os.path.join(H.shared_run("warm")[0], "warmup")
+  copy = str(tmp_path / "again")
+  shutil.copytree(wd, copy)
+  path = os.path.join(copy, "config.json")
+  with open(path) as f:
+    before = json.load(f)
+  before["versions"]["jax"] = "0.0.1-started-with"  # as if trained by another version
+  with open(path, "w") as f:
+    json.dump(before, f)
+  for _ in range(2):
+    sweep.run_sweep(c, copy, progress=False)
+  with open(path) as f:
+    after = json.load(f)
+  resumed = after.pop("resumed")
+  assert after == before
+  assert len(resumed) == 2 and all(r["versions"]["jax"] == jax.__version__ for r in resumed)
+  assert all(r["strategy"] == "loop" and "argv" in r and r["time"] for r in resumed)
+  with open(path, "w") as f:
+    f.write('{"config": {"na')  # truncated
+  sweep.run_sweep(c, copy, progress=False)
+  assert "config.json is unreadable" in capsys.readouterr().err
+  with open(path) as f:
+    assert json.load(f)["config"]["sweep"]["lambdas"] == list(H.LAMBDAS)
