@@ -22,9 +22,10 @@ trajectory does not depend on the strategy nor on the other members:
 
 Everything the run produces goes to its work directory: ``config.json`` (config as given and
 resolved, library versions, command and start time of the run; each later invocation in the same
-directory is appended to its ``resumed`` list), ``metrics.jsonl``, ``checkpoints/`` (Orbax, every epoch and phase boundary),
-``warmup/`` (the float model, reusable by other runs), ``final/`` (fine-tuned members),
-``results.json`` and the Pareto front (``pareto.json``, ``pareto.csv``, ``pareto.png``).
+directory is appended to its ``resumed`` list), ``metrics.jsonl``, ``checkpoints/`` (Orbax, every
+epoch and phase boundary), ``warmup/`` (the float model, reusable by other runs), ``final/``
+(fine-tuned members), ``results.json`` and the Pareto front (``pareto.json``, ``pareto.csv``,
+``pareto.png``).
 """
 
 from __future__ import annotations
@@ -1120,12 +1121,15 @@ class Sweep:
     return n
 
   def _resume_strategy(self) -> None:
-    """Take the strategy a resumed run was saved with (``measure`` is not measured twice).
+    """The strategy of a resumed run: this invocation's, except ``measure`` (not measured twice).
 
-    The member padding follows the strategy and this run's device count, which may differ from
-    the saved run's: :meth:`_restore_members` re-pads the restored states.
+    ``auto`` is resolved for the devices this invocation has (a run preempted on CPUs may resume
+    on an accelerator); on the same machine it resolves as before, so a resume stays bit for bit.
+    The member padding follows the strategy and the device count, which may differ from the
+    saved run's: :meth:`_restore_members` re-pads the restored states.
     """
-    self.strategy = self._meta.get("strategy", self.strategy)
+    if self.cfg.sweep.strategy == "measure":
+      self.strategy = self._meta.get("strategy", self.strategy)
     self.n_pad = self._padded(self.n)
 
   def _restore_members(self, step: int, template: Any) -> Any:
