@@ -149,14 +149,15 @@ def _row(compiled, batch, **fields):
   return dict(batch=batch, mem_bytes=_memory(compiled), flops=_flops(compiled), **fields)
 
 
-def run(batches, repeats, abits_sets, with_copies=True, with_remat=True):
+def run(batches, repeats, abits_sets, with_copies=True, with_remat=True, on_batch=None):
   """Every step of one batch size is compiled in this process and timed side by side.
 
   Rows: the float step with XLA's default options and with jpq's (``jpq_jax.compiler``); per
   activation set the search step as jpq runs it (fused activation mixture, jpq's options) and, with
   ``with_copies``, the literal sum of PACT copies with XLA's defaults (what jpq ran before), and,
   with ``with_remat``, jpq's step with ``remat="dots"`` (conv/matmul outputs kept, the rest
-  recomputed in the backward).
+  recomputed in the backward). ``on_batch(rows, peak)``, when given, is called with the rows so
+  far after each batch size (to save partial results).
   """
   rows = []
   key = jax.random.PRNGKey(0)
@@ -217,10 +218,12 @@ def run(batches, repeats, abits_sets, with_copies=True, with_remat=True):
         r[f"ratio_vs_float_{name}"] = f["time_s"] / r["time_s"]
         r[f"mem_ratio_vs_float_{name}"] = (r["mem_bytes"] / f["mem_bytes"]
                                            if f["mem_bytes"] and r["mem_bytes"] else None)
+    for r in batch_rows:
+      r["flop_s"] = r["flops"] / r["time_s"] if r.get("flops") else None
+      r["frac_of_matmul_peak"] = r["flop_s"] / peak if r["flop_s"] else None
     rows += batch_rows
-  for r in rows:
-    r["flop_s"] = r["flops"] / r["time_s"] if r.get("flops") else None
-    r["frac_of_matmul_peak"] = r["flop_s"] / peak if r["flop_s"] else None
+    if on_batch is not None:
+      on_batch(rows, peak)
   return rows, peak
 
 
@@ -241,8 +244,20 @@ def main():
   a = ap.parse_args()
   if a.quick:
     a.batches, a.repeats = [32], 3
+  out = pathlib.Path(a.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+
+  def write(rows, peak, complete):
+    # After every batch size too: a run cut short by its time limit (benchmarks/gpu.sh) keeps what
+    # it measured, marked incomplete.
+    meta = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), backend=jax.default_backend(),
+                device=str(jax.devices()[0].device_kind), cpus=os.cpu_count(),
+                machine=platform.machine(), jax=jax.__version__, matmul_peak_flop_s=peak,
+                jpq_compiler_options=jpq.compiler_options(), complete=complete)
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+
   rows, peak = run(a.batches, a.repeats, [(8,), (2, 4, 8)], with_copies=not a.no_copies,
-                   with_remat=not a.no_remat)
+                   with_remat=not a.no_remat, on_batch=lambda r, p: write(r, p, False))
   hdr = (f"{'batch':>5} {'step':<6} {'abits':<6} {'mixture':<7} {'xla':<7} {'remat':<5} "
          f"{'ms/step':>8} "
          f"{'img/s':>6} {'x float':>7} {'x float':>7} {'compile':>7} {'mem MB':>7} {'mem x':>6} "
@@ -263,13 +278,7 @@ def main():
           f"{_fmt(r.get('mem_ratio_vs_float_jpq'), '.2f'):>6} {(r['flop_s'] or 0) / 1e9:>7.1f} "
           f"{100 * (r['frac_of_matmul_peak'] or 0):>5.1f} {r.get('traces_for_3_new_T_lambda', '-'):>6}")
   print(f"matmul peak (1024^2 f32): {peak / 1e9:.1f} GFLOP/s; xla 'jpq' = {jpq.compiler_options()}")
-  out = pathlib.Path(a.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  meta = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), backend=jax.default_backend(),
-              device=str(jax.devices()[0].device_kind), cpus=os.cpu_count(),
-              machine=platform.machine(), jax=jax.__version__, matmul_peak_flop_s=peak,
-              jpq_compiler_options=jpq.compiler_options())
-  out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+  write(rows, peak, True)
   print(f"wrote {out}")
 
 

@@ -194,6 +194,19 @@ def main():
   print(hdr)
   print("-" * len(hdr))
   n1 = {}  # member-images/s at N = 1 per strategy: the accelerator target is N = 64 vs N = 1
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+          "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+          "auto": auto, "model": args.model, "batch": args.batch, "steps": args.steps,
+          "repeats": args.repeats, "xla": args.xla}
+
+  def write(complete):
+    # After every point: a run cut short by its time limit (benchmarks/gpu.sh) keeps what it
+    # measured, marked incomplete.
+    with open(args.out, "w") as f:
+      json.dump({"meta": dict(meta, complete=complete), "rows": rows}, f, indent=2)
+
   for n in [int(v) for v in args.members.split(",")]:
     base = None
     for s in strategies:
@@ -205,6 +218,7 @@ def main():
       if "error" in r:
         print(f"{n:>3} {s:<8} failed: {r['error']}")
         rows.append(r)
+        write(False)
         continue
       base = r["member_images_per_s"] if s == "loop" else base
       n1.setdefault(s, r["member_images_per_s"] / n if n == 1 else None)
@@ -217,16 +231,10 @@ def main():
             f"{r['member_images_per_s']:>13.0f} {r['speedup_vs_loop'] or nan:>8.2f} "
             f"{r['vs_n1'] or nan:>6.2f} {r['recompiles']:>10} {r['peak_rss_mb']:>8.0f} "
             f"{r['budget_mb']:>9.0f} {r['device_peak_mb'] or nan:>8.0f}", flush=True)
+      write(False)
   print("* = the strategy the driver's 'auto' picks on this backend; bound = one member at batch "
         "N x batch (what a program batching the members' work can reach at best)")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
-          "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-          "auto": auto, "model": args.model, "batch": args.batch, "steps": args.steps,
-          "repeats": args.repeats, "xla": args.xla}
-  with open(args.out, "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=2)
+  write(True)
   print(f"written {args.out}")
 
 
