@@ -162,6 +162,11 @@ def _check_activation_bits(bits, fn: str) -> None:
     raise ValueError(f"{fn} needs bits > 0, got {bits}")
 
 
+# Jitted so that applied op by op (eagerly) the final ``/ k`` is the true float32 division it is
+# inside a jitted step: alone, XLA compiles ``q / broadcast(k)`` into ``q * broadcast(1 / k)``, one
+# ulp off for many elements (a later rounding tie then moves). Inside a jitted step this call is
+# inlined: the compiled step is unchanged.
+@jax.jit
 def _pact_forward(x, clip, bits):
   k = (2.0**bits - 1.0) / (clip + PACT_EPS)
   return jnp.floor(k * jnp.clip(x, 0.0, clip)) / k
@@ -207,6 +212,7 @@ def pact(x: jax.Array, clip: jax.Array, bits: int) -> jax.Array:
   return _pact(x, clip, jnp.asarray(float(bits), dtype=x.dtype))
 
 
+@jax.jit  # see _pact_forward
 def _pact_signed_forward(x, inf, sup, bits):
   k = (2.0**bits - 1.0) / (sup - inf + PACT_EPS)
   return jnp.floor(k * jnp.clip(x, inf, sup)) / k

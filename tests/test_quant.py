@@ -60,16 +60,17 @@ def test_pact_matches_reference(golden_quantizers, case):
   r = jnp.asarray(g["R"], jnp.float32)
   clip = jnp.float32(d["init_clip_val"])
   out = quant.pact(x, clip, bits)
-  # One ulp: op by op (eagerly), XLA computes floor(k x) / k as a multiplication by 1/k; and the
-  # golden vectors' scale k was computed in float64 from a Python clip (their
+  # One ulp: the golden vectors' scale k was computed in float64 from a Python clip (their
   # "forward_scale_(2^b-1)/(clip+1e-3)"), while in training the clip is a float32 parameter.
   np.testing.assert_allclose(out, np.asarray(d["out"]), rtol=2e-7, atol=1e-6)
-  # Under jit (how every step runs) the division is a true float32 division, as torch computes it
-  # on a float32 clip parameter: exactly the float32 formula.
+  # The division is a true float32 division, as torch computes it on a float32 clip parameter:
+  # exactly the float32 formula, under jit (every step) and applied op by op alike (a division
+  # compiled alone would be a multiplication by 1/k, one ulp off: _pact_forward is jitted).
   c32 = np.float32(d["init_clip_val"])
   k32 = np.float32(2**bits - 1) / (c32 + np.float32(quant.PACT_EPS))
   want = np.floor(k32 * np.clip(np.asarray(x), np.float32(0), c32)) / k32
   np.testing.assert_array_equal(jax.jit(lambda x, c: quant.pact(x, c, bits))(x, clip), want)
+  np.testing.assert_array_equal(out, want)
   gx, gc = jax.grad(lambda x, c: jnp.sum(quant.pact(x, c, bits) * r), argnums=(0, 1))(x, clip)
   np.testing.assert_array_equal(gx, np.asarray(d["grad_X"], np.float32))
   np.testing.assert_allclose(gc, d["grad_clip_val"][0], rtol=1e-6)

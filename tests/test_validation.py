@@ -375,6 +375,10 @@ def test_traced_bits_outside_the_precision_set_are_loud():
   fx = jpq.to_fixed(sv, jpq.trace_table(model, x))
   run = jax.jit(lambda v: jax.tree_util.tree_leaves(model.apply(v, x, jpq.Ctx.fixed()))[0])
   assert np.isfinite(np.asarray(run(fx))).all()
+  # Eager and jitted application agree to float32 roundoff (no moved rounding tie: a moved code
+  # is a whole quantization step, ~1e-2 here).
+  eager = jax.tree_util.tree_leaves(model.apply(fx, x, jpq.Ctx.fixed()))[0]
+  np.testing.assert_allclose(np.asarray(eager), np.asarray(run(fx)), atol=2e-6)
   wb = np.array(fx["precision"]["g_res"]["w_bits"])
   wb[0] = 3
   bad = {**fx, "precision": {**fx["precision"], "g_res": {**fx["precision"]["g_res"], "w_bits": wb}}}
