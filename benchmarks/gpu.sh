@@ -55,7 +55,8 @@ fi
 "$PY" -c "import jax; print('backend', jax.default_backend(), 'jax', jax.__version__, jax.devices())" \
   | tee "$OUT_DIR/device.txt"
 if [ "${GPU_SH_DRY:-0}" = 1 ]; then
-  STEP_ARGS=(--batches 8 --repeats 2 --no-copies); SWEEP_ARGS=(--model demo --members 1,2 --steps 2 --repeats 2)
+  STEP_ARGS=(--batches 8 --repeats 2 --no-copies)
+  SWEEP_ARGS=(--model demo --members 1,2 --strategies loop,vmap,vmap:1 --steps 2 --repeats 2)
   PROFILE_ARGS=(--model demo --members 2 --strategy vmap --steps 2)
 else
   if ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"; then
@@ -67,8 +68,10 @@ else
   # copies (the pre-fused step) is left out to stay inside the time budget.
   STEP_ARGS=(--batches 32 128 --repeats 7 --no-copies)
   # Member throughput of loop and vmap, N up to 64 (target: N = 64 >= 20x N = 1); one subprocess
-  # per point (its own peak memory); the Python loop only up to N = 4 (its time grows with N).
-  SWEEP_ARGS=(--model resnet8 --members 1,4,16,64 --loop-max 4 --strategies loop,vmap --steps 5 --repeats 3)
+  # per point (its own peak memory); the Python loop only up to N = 4 (its time grows with N);
+  # vmap:16 (sweep.member_chunk=16) at N = 64 only: device memory against throughput.
+  SWEEP_ARGS=(--model resnet8 --members 1,4,16,64 --loop-max 4 --strategies loop,vmap,vmap:16
+              --steps 5 --repeats 3)
   # Where the vmapped step's time goes on the GPU (kernels by group), N = 64.
   PROFILE_ARGS=(--members 64 --strategy vmap --steps 3)
 fi

@@ -21,6 +21,9 @@ a fresh subprocess so that its peak memory is its own, and reports:
 * member-images/s relative to the same strategy at N = 1 (the accelerator target: N = 64 at
   >= 20x N = 1).
 
+``vmap:K`` (``--strategies``) is ``vmap`` with ``sweep.member_chunk = K``: the members K at a
+time, one vmapped program per chunk (rows only where K < N): less memory than ``vmap``.
+
 Prints a table and writes ``benchmarks/results/sweep.json``.
 
 Usage::
@@ -93,7 +96,9 @@ def build(model_name: str, n: int, strategy: str, batch: int, xla: str = "auto")
   ev = T.make_eval_step(model, "search")
   end = lambda s, m: T.end_epoch(s, m, start=-1, patience=10)
   states = [T.init_state("search", sv, tx, key=jax.random.PRNGKey(k), lam=1e-6) for k in range(n)]
-  ex = sweep.make_executor(strategy, step, ev, end, n, compiler_options=compiler_options(xla))
+  name, _, chunk = strategy.partition(":")  # "vmap:K": members in chunks of K (member_chunk)
+  ex = sweep.make_executor(name, step, ev, end, n, compiler_options=compiler_options(xla),
+                           member_chunk=int(chunk or 0))
   ex.set_states(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states))
   lams = np.geomspace(1e-7, 1e-5, n).astype(np.float32)
   return ex, (x, y, lams, np.float32(1), np.zeros((n,), np.float32)), traces
@@ -159,7 +164,8 @@ def main():
   ap.add_argument("--model", default="resnet8", choices=sorted(SHAPES))
   ap.add_argument("--members", default="1,2,4,8,16")
   ap.add_argument("--strategies", default="",
-                  help="default: loop,vmap (+sharded with >1 device),bound")
+                  help="default: loop,vmap (+sharded with >1 device),bound; vmap:K = vmap in "
+                       "member chunks of K")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
   ap.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
@@ -173,7 +179,7 @@ def main():
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.child:
-    n, strategy = args.child.split(":")
+    n, strategy = args.child.split(":", 1)
     print(json.dumps(measure(args.model, int(n), strategy, args.batch, args.steps, args.repeats,
                              args.xla)))
     return
@@ -214,6 +220,8 @@ def main():
         continue
       if s == "loop" and args.loop_max and n > args.loop_max:
         continue
+      if s.startswith("vmap:") and int(s.split(":")[1]) >= n:
+        continue  # one chunk: the plain vmap row
       r = _child(args, n, s)
       if "error" in r:
         print(f"{n:>3} {s:<8} failed: {r['error']}")

@@ -108,7 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
       (size of the mesh's ``data`` axis for ``sharded``), ``checkpoint_keep``, ``async_checkpoint``,
       ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric``,
       ``xla_options`` (``auto``: jpq's XLA options for the backend, see :mod:`jpq_jax.compiler`;
-      ``default``: XLA's own).
+      ``default``: XLA's own), ``member_chunk`` (``vmap``: run the members this many at a time,
+      each chunk one vmapped program, so that fewer members' activations are alive at once; 0: all
+      together).
     distributed: ``enabled``, ``coordinator_address`` (``host:port`` of process 0),
       ``coordinator_bind_address`` (where process 0 listens; JAX's default is every interface,
       ``[::]:port``), ``num_processes``, ``process_id`` (``jax.distributed.initialize``; empty or
@@ -158,7 +160,8 @@ def base_config() -> ml_collections.ConfigDict:
           schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))))
   c.sweep = ml_collections.ConfigDict(dict(
       lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
-      async_checkpoint=True, pareto_cost="", pareto_metric="test_acc", xla_options="auto"))
+      async_checkpoint=True, pareto_cost="", pareto_metric="test_acc", xla_options="auto",
+      member_chunk=0))
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
                                                  coordinator_bind_address="", num_processes=1,
                                                  process_id=0))
@@ -337,6 +340,13 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
                        f"{COMPILER_SETTINGS}")
   if s.strategy not in STRATEGIES:
     raise _field_error("sweep.strategy", f"unknown strategy {s.strategy!r}; use one of {STRATEGIES}")
+  chunk = s.get("member_chunk", 0)
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise _field_error("sweep.member_chunk", f"a number of members >= 0 (0: all at once), got "
+                       f"{chunk!r}")
+  if chunk and s.strategy == "sharded":
+    raise _field_error("sweep.member_chunk", "works with strategy 'vmap' (one device); with "
+                       "'sharded' spread the members over more devices instead")
   costs = T.cost_names()
   if cfg.search.cost not in costs:
     raise _field_error("search.cost", f"unknown cost model {cfg.search.cost!r}; registered: {costs}")
@@ -438,7 +448,8 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
 
 # Config fields a run may change when it resumes in the same work directory (see validate_config).
 RESUME_MAY_CHANGE = ("sweep.strategy", "sweep.data_devices", "sweep.xla_options",
-                     "model.activation_mixture", "sweep.async_checkpoint", "sweep.checkpoint_keep",
+                     "sweep.member_chunk", "model.activation_mixture", "sweep.async_checkpoint",
+                     "sweep.checkpoint_keep",
                      "train.eval_batch_size", "train.remat", "data.data_dir", "debug",
                      "distributed")
 
@@ -715,6 +726,65 @@ class LoopExecutor(_Executor):
     f = jax.jit(fn)
     self.states = [f(s) for s in self.states]
 
+  def host_field(self, field: str) -> np.ndarray:
+    """``(n,)`` numpy values of a state field (e.g. ``failed``) of every member."""
+    return np.stack([np.asarray(jax.device_get(getattr(s, field))) for s in self.states])
+
+
+class ChunkedExecutor(_Executor):
+  """The members in chunks of ``chunk``: one vmapped program over a chunk, called per chunk.
+
+  Between ``loop`` (chunk 1) and ``vmap`` (chunk n): the activations of only ``chunk`` members
+  are alive at a time, so a sweep whose members do not all fit in the device's memory at once
+  still runs them ``chunk`` at a time in one vmapped program (``sweep.member_chunk``). A last,
+  smaller chunk compiles its own program once. (A ``lax.map`` over chunks inside one program
+  would hold the same memory, but XLA:CPU runs convolutions inside a loop body about 10x slower,
+  measured: chunks are called from Python.)
+  """
+
+  name = "vmap"
+
+  def __init__(self, step, evaluate, end, n, chunk, compiler_options=None):
+    super().__init__(step, evaluate, end, n, compiler_options)
+    if int(chunk) < 1:
+      raise ValueError(f"member chunk must be >= 1, got {chunk}")
+    self.chunk = int(chunk)
+    self.bounds = [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)]
+    self.step_fn = self._jit(jax.vmap(step, in_axes=(0, None, None, 0, None, 0)),
+                             donate_argnums=0)
+    self.eval_fn = self._jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None)))
+    self.end_fn = self._jit(jax.vmap(end, in_axes=(0, 0)), donate_argnums=0)
+    self.states: List[Any] = []
+
+  def set_states(self, stacked):
+    self.states = [jax.tree_util.tree_map(lambda x, a=a, b=b: x[a:b], stacked)
+                   for a, b in self.bounds]
+
+  def stacked(self):
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *self.states)
+
+  def train_step(self, x, y, lam_e, lr_scale, poison):
+    ms = []
+    for k, (a, b) in enumerate(self.bounds):
+      self.states[k], m = self.step_fn(self.states[k], x, y, lam_e[a:b], lr_scale, poison[a:b])
+      ms.append(m)
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *ms)
+
+  def evaluate(self, x, y, mask, params_of=lambda s: (s.params, s.extra, s.temperature)):
+    outs = [self.eval_fn(*params_of(s), x, y, mask) for s in self.states]
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+
+  def end_epoch(self, metric):
+    self.states = [self.end_fn(s, metric[a:b]) for s, (a, b) in zip(self.states, self.bounds)]
+
+  def map(self, fn):
+    f = jax.jit(jax.vmap(fn))
+    self.states = [f(s) for s in self.states]
+
+  def host_field(self, field: str) -> np.ndarray:
+    """``(n,)`` numpy values of a state field of every member."""
+    return np.concatenate([np.asarray(jax.device_get(getattr(s, field))) for s in self.states])
+
 
 class VmapExecutor(_Executor):
   """``jax.vmap`` of the single-member step over the stacked member axis.
@@ -801,6 +871,10 @@ class VmapExecutor(_Executor):
   def map(self, fn):
     self.state = jax.jit(jax.vmap(fn))(self.state)
 
+  def host_field(self, field: str) -> np.ndarray:
+    """``(n,)`` numpy values of a state field of every member (gathered over processes)."""
+    return _host(getattr(self.state, field))
+
 
 def _to_host(ms) -> Dict[str, np.ndarray]:
   """Per-member metrics (list of dicts or dict of stacked arrays) -> dict of (M,) numpy arrays."""
@@ -861,7 +935,7 @@ def make_mesh(n_members: int, data_devices: int = 1):
 
 
 def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int = 1,
-                  compiler_options: Optional[Dict[str, Any]] = None):
+                  compiler_options: Optional[Dict[str, Any]] = None, member_chunk: int = 0):
   """An executor of ``strategy`` (``loop``, ``vmap`` or ``sharded``) for ``n`` members.
 
   Args:
@@ -870,17 +944,24 @@ def make_executor(strategy: str, step, evaluate, end, n: int, data_devices: int 
     n: number of members.
     data_devices: size of the mesh's ``data`` axis (``sharded``).
     compiler_options: XLA options of the compiled programs (:func:`jpq_jax.compiler.compiler_options`).
+    member_chunk: ``vmap`` only: run the members in chunks of this many (:class:`ChunkedExecutor`,
+      to bound the memory of the activations); 0 or >= ``n``: all in one program.
 
   Returns:
     The executor.
 
   Raises:
-    ValueError: an unknown strategy.
+    ValueError: an unknown strategy, or ``member_chunk`` with ``sharded``.
   """
   kw = dict(compiler_options=compiler_options)
+  if member_chunk and strategy == "sharded":
+    raise ValueError("sweep.member_chunk works with strategy 'vmap' (one device); with 'sharded' "
+                     "spread the members over more devices instead")
   if strategy == "loop":
     return LoopExecutor(step, evaluate, end, n, **kw)
   if strategy == "vmap":
+    if member_chunk and int(member_chunk) < n:
+      return ChunkedExecutor(step, evaluate, end, n, int(member_chunk), **kw)
     return VmapExecutor(step, evaluate, end, n, **kw)
   if strategy == "sharded":
     return VmapExecutor(step, evaluate, end, n, mesh=make_mesh(n, data_devices), **kw)
@@ -1108,6 +1189,10 @@ class Sweep:
     self.strategy = choose_strategy(requested)
     if self.n == 1 and self.strategy == "measure":
       self.strategy = "loop"
+    if int(cfg.sweep.get("member_chunk", 0)) and self.strategy == "sharded":
+      raise _field_error("sweep.member_chunk", f"strategy {requested!r} means 'sharded' with "
+                         f"{jax.device_count()} devices, which spreads the members over them; "
+                         "member chunks work with strategy 'vmap' (set sweep.strategy=vmap)")
     self.ckpt = ckpt_lib.SweepCheckpointer(os.path.join(self.workdir, "checkpoints"),
                                            keep=int(cfg.sweep.checkpoint_keep),
                                            async_save=bool(cfg.sweep.async_checkpoint))
@@ -1241,9 +1326,10 @@ class Sweep:
 
   def _make_ex(self, phase, n, strategy=None):
     tx, step, evaluate, end = self._phase_fns(phase)
+    xla = compiler_options(self.cfg.sweep.get("xla_options", "auto"))
     return tx, make_executor(strategy or self.strategy, step, evaluate, end, n,
-                             int(self.cfg.sweep.data_devices),
-                             compiler_options=compiler_options(self.cfg.sweep.get("xla_options", "auto")))
+                             int(self.cfg.sweep.data_devices), compiler_options=xla,
+                             member_chunk=int(self.cfg.sweep.get("member_chunk", 0)))
 
   def _measure(self, phase, stacked):
     """Time a few steps of loop and vmap/sharded on copies of the states; keep the faster."""
@@ -1904,12 +1990,7 @@ PHASE_TAGS = {"warmup": 0, "search": 1, "finetune": 2, "pit_search": 3, "pit_fin
 
 
 def _host_flags(ex) -> Dict[str, np.ndarray]:
-  if isinstance(ex, LoopExecutor):
-    sts = ex.states
-    get = lambda f: np.stack([np.asarray(jax.device_get(getattr(s, f))) for s in sts])
-  else:
-    get = lambda f: _host(getattr(ex.state, f))
-  return {f: get(f) for f in ("failed", "stopped", "best_epoch", "temperature")}
+  return {f: ex.host_field(f) for f in ("failed", "stopped", "best_epoch", "temperature")}
 
 
 def init_distributed(config: ml_collections.ConfigDict) -> None:
