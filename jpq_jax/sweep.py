@@ -624,6 +624,19 @@ def _stack(states: Sequence[Any]) -> Any:
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
 
+def _concat(trees: Sequence[Any]) -> Any:
+  """Stacked pytrees (leading member axis) joined along that axis."""
+  return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
+def _vmapped(step: Callable, evaluate: Callable, end: Callable):
+  """The phase functions vmapped over the member axis (states, lambdas, poison and metrics carry
+  it; the batch and the learning-rate factor are shared)."""
+  return (jax.vmap(step, in_axes=(0, None, None, 0, None, 0)),
+          jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None)),
+          jax.vmap(end, in_axes=(0, 0)))
+
+
 def _unstack(stacked: Any, n: int) -> List[Any]:
   return [jax.tree_util.tree_map(lambda x: x[k], stacked) for k in range(n)]
 
@@ -750,10 +763,10 @@ class ChunkedExecutor(_Executor):
       raise ValueError(f"member chunk must be >= 1, got {chunk}")
     self.chunk = int(chunk)
     self.bounds = [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)]
-    self.step_fn = self._jit(jax.vmap(step, in_axes=(0, None, None, 0, None, 0)),
-                             donate_argnums=0)
-    self.eval_fn = self._jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None)))
-    self.end_fn = self._jit(jax.vmap(end, in_axes=(0, 0)), donate_argnums=0)
+    vstep, veval, vend = _vmapped(step, evaluate, end)
+    self.step_fn = self._jit(vstep, donate_argnums=0)
+    self.eval_fn = self._jit(veval)
+    self.end_fn = self._jit(vend, donate_argnums=0)
     self.states: List[Any] = []
 
   def set_states(self, stacked):
@@ -761,18 +774,17 @@ class ChunkedExecutor(_Executor):
                    for a, b in self.bounds]
 
   def stacked(self):
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *self.states)
+    return _concat(self.states)
 
   def train_step(self, x, y, lam_e, lr_scale, poison):
     ms = []
     for k, (a, b) in enumerate(self.bounds):
       self.states[k], m = self.step_fn(self.states[k], x, y, lam_e[a:b], lr_scale, poison[a:b])
       ms.append(m)
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *ms)
+    return _concat(ms)
 
   def evaluate(self, x, y, mask, params_of=lambda s: (s.params, s.extra, s.temperature)):
-    outs = [self.eval_fn(*params_of(s), x, y, mask) for s in self.states]
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+    return _concat([self.eval_fn(*params_of(s), x, y, mask) for s in self.states])
 
   def end_epoch(self, metric):
     self.states = [self.end_fn(s, metric[a:b]) for s, (a, b) in zip(self.states, self.bounds)]
@@ -800,9 +812,7 @@ class VmapExecutor(_Executor):
   def __init__(self, step, evaluate, end, n, mesh=None, compiler_options=None):
     super().__init__(step, evaluate, end, n, compiler_options)
     self.mesh = mesh
-    vstep = jax.vmap(step, in_axes=(0, None, None, 0, None, 0))
-    veval = jax.vmap(evaluate, in_axes=(0, 0, 0, None, None, None))
-    vend = jax.vmap(end, in_axes=(0, 0))
+    vstep, veval, vend = _vmapped(step, evaluate, end)
     if mesh is None:
       self.step_fn = self._jit(vstep, donate_argnums=0)
       self.eval_fn = self._jit(veval)
