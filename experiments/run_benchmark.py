@@ -119,7 +119,6 @@ def all8_costs(cfg) -> Dict[str, float]:
   """Every cost of the all-8-bit network of ``cfg`` (the scale of each cost model)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jpq_jax import costs, sweep  # pylint: disable=import-outside-toplevel
-  from jpq_jax.arch import GroupTheta  # pylint: disable=import-outside-toplevel
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
   from jpq_jax.table import trace_table  # pylint: disable=import-outside-toplevel
   shapes = {"cifar10": (32, 32, 3), "gsc": (49, 10, 1), "speech_commands": (49, 10, 1),
@@ -129,20 +128,7 @@ def all8_costs(cfg) -> Dict[str, float]:
   name = cfg.data.name
   model = get_model(cfg.model.name, sweep._space(cfg), classes.get(name, 10))  # pylint: disable=protected-access
   table = trace_table(model, jnp.zeros((1,) + shapes.get(name, (32, 32, 3))))
-  theta = {}
-  for g in table.groups:
-    w = None if g.kind == "input" else jnp.zeros((len(g.w_precisions), g.channels)).at[
-        g.w_precisions.index(max(g.w_precisions))].set(1.0)
-    a = (jnp.zeros((len(g.a_precisions),)).at[g.a_precisions.index(max(g.a_precisions))].set(1.0)
-         if g.a_precisions else None)
-    theta[g.name] = GroupTheta(w=w, a=a)
-  out = {}
-  for n in ("size", "mpic", "ne16"):
-    try:
-      out[n] = float(costs.get_cost(n)(table, theta))
-    except (ValueError, KeyError):
-      pass
-  return out
+  return costs.reference_costs(table, ("size", "mpic", "ne16"))
 
 
 def run_configs(bench: str, protocol: str, data_dir: str,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import math
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -234,6 +235,21 @@ _MODEL_SHAPES = {"demo": ((8, 8, 1), 10), "resnet8": ((32, 32, 3), 10),
                  "dscnn": ((49, 10, 1), 12), "resnet18": ((64, 64, 3), 200)}
 
 
+def _format_reference_costs(refs, classes: int) -> str:
+  """The scale of lambda per cost model: the top-precision network's cost (see
+  :func:`jpq_jax.costs.reference_costs`) and the lambda that weighs it 1.0 in the loss."""
+  from jpq_jax import costs  # pylint: disable=import-outside-toplevel
+  lines = ["", "cost of the network at its top precision (the start of a search); lambda * cost is",
+           f"the regulariser's initial weight, next to a cross-entropy of ~ln({classes}) = "
+           f"{math.log(classes):.2f}:",
+           f"{'cost':<14} {'value':>18} {'unit':<10} {'lambda for 1.0':>14}"]
+  for name, v in refs.items():
+    lam = f"{1.0 / v:.3g}" if v > 0 else "-"
+    val = f"{v:,.0f}" if v >= 100 else f"{v:.4g}"
+    lines.append(f"{name:<14} {val:>18} {costs.cost_unit(name):<10} {lam:>14}")
+  return "\n".join(lines)
+
+
 def _cmd_inspect(args, rest) -> int:
   from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
   from jpq_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
@@ -251,8 +267,11 @@ def _cmd_inspect(args, rest) -> int:
     model = get_model(args.model, space, classes) if space else get_model(args.model,
                                                                           num_classes=classes)
     from jpq_jax.table import trace_table  # pylint: disable=import-outside-toplevel
+    from jpq_jax import costs  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    print(trace_table(model, jnp.zeros((1,) + shape)))
+    table = trace_table(model, jnp.zeros((1,) + shape))
+    print(table)
+    print(_format_reference_costs(costs.reference_costs(table), classes))
     return 0
   if not args.workdir:
     raise ValueError("jpq inspect: give a sweep work directory or --model NAME")

@@ -79,6 +79,22 @@ def test_resnet8_all_8bit_sanity_values(resnet8, all_costs_jit):
   np.testing.assert_allclose(c["ne16"], 155_241, rtol=1e-6)
 
 
+def test_reference_costs_are_the_argmax_of_the_init(resnet8, all_costs_jit):
+  """reference_costs (the scale of lambda) = every cost of the reference init's argmax network,
+  which is the top-precision one; top_precision_theta builds it without any logits."""
+  table, _, th, _ = resnet8
+  ref = costs.reference_costs(table)
+  want = {k: float(v) for k, v in all_costs_jit(table, th).items()}
+  assert set(ref) == set(want)
+  for k in ref:
+    np.testing.assert_allclose(ref[k], want[k], rtol=1e-6)
+  top = costs.top_precision_theta(table)
+  for g in table.groups:
+    np.testing.assert_array_equal(np.asarray(top[g.name].w) if top[g.name].w is not None else None,
+                                  np.asarray(th[g.name].w) if th[g.name].w is not None else None)
+  assert set(costs.reference_costs(table, ("size", "nope"))) == {"size"}
+
+
 def test_resnet8_soft_init_size(resnet8, all_costs_jit):
   table, _, _, th = resnet8
   c = all_costs_jit(table, th)

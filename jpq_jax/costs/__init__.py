@@ -14,7 +14,8 @@ Main entry points:
 * :func:`validate_cost` / :func:`bind_cost`: check a model against a table up front;
 * :func:`all_costs`: every registered cost at once (cheap under ``jit(vmap(...))``);
 * :func:`effective_channels`: ``Cout_eff`` per sharing group;
-* :func:`cost_report` / :func:`format_cost_report`: per-layer and total reports with units.
+* :func:`cost_report` / :func:`format_cost_report`: per-layer and total reports with units;
+* :func:`reference_costs`: every cost of the top-precision network, the scale of lambda.
 """
 
 from jpq_jax.costs.channels import (UNQUANTIZED_INPUT_BITS, LayerView, effective_channels,
@@ -24,11 +25,13 @@ from jpq_jax.costs.registry import (COST_UNITS, CostModel, all_costs, bind_cost,
                                     cost_units, get_cost, list_costs, per_layer_costs,
                                     register_cost, register_lut_cost, unregister_cost,
                                     validate_cost)
-from jpq_jax.costs.report import argmax_theta, cost_report, format_cost_report
+from jpq_jax.costs.report import (argmax_theta, cost_report, format_cost_report, reference_costs,
+                                  top_precision_theta)
 
 __all__ = [
     "COST_UNITS", "CostModel", "LayerView", "MPIC_LUT", "UNQUANTIZED_INPUT_BITS", "all_costs",
     "argmax_theta", "bind_cost", "cost_report", "cost_unit", "cost_units", "effective_channels",
     "format_cost_report", "get_cost", "layer_views", "list_costs", "ne16_kernel_latency",
-    "per_layer_costs", "register_cost", "register_lut_cost", "unregister_cost", "validate_cost",
+    "per_layer_costs", "reference_costs", "register_cost", "register_lut_cost",
+    "top_precision_theta", "unregister_cost", "validate_cost",
 ]

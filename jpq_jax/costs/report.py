@@ -16,7 +16,8 @@ from jpq_jax.costs.channels import effective_channels, layer_views
 from jpq_jax.costs.registry import get_cost, list_costs
 from jpq_jax.table import LayerTable
 
-__all__ = ["argmax_theta", "cost_report", "format_cost_report"]
+__all__ = ["argmax_theta", "cost_report", "format_cost_report", "top_precision_theta",
+           "reference_costs"]
 
 # Columns of the text report: (cost name, header, scale, format). Costs not listed here are shown
 # with a generic column.
@@ -50,6 +51,58 @@ def argmax_theta(theta: Mapping) -> Dict[str, Any]:
     x = jnp.asarray(x)
     return jax.nn.one_hot(jnp.argmax(x, axis=0), x.shape[0], axis=0, dtype=x.dtype)
   return {k: t.replace(w=hard(t.w), a=hard(t.a)) for k, t in theta.items()}
+
+
+def top_precision_theta(table: LayerTable) -> Dict[str, Any]:
+  """The one-hot theta of the network at its top precision everywhere (e.g. all 8 bit).
+
+  Every channel of every group at its largest weight bit-width (nothing pruned) and every
+  activation quantizer at its largest activation bit-width: the start of a search from the
+  reference initialisation, whose argmax is that architecture.
+
+  Args:
+    table: the model's :class:`LayerTable`.
+
+  Returns:
+    ``{group name: GroupTheta}``.
+  """
+  from jpq_jax.arch import GroupTheta  # pylint: disable=import-outside-toplevel
+  out = {}
+  for g in table.groups:
+    w = a = None
+    if g.kind != "input":
+      w = jnp.zeros((len(g.w_precisions), g.channels)).at[
+          g.w_precisions.index(max(g.w_precisions))].set(1.0)
+    if g.a_precisions:
+      a = jnp.zeros((len(g.a_precisions),)).at[g.a_precisions.index(max(g.a_precisions))].set(1.0)
+    out[g.name] = GroupTheta(w=w, a=a)
+  return out
+
+
+def reference_costs(table: LayerTable, names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+  """Every cost of the top-precision network (:func:`top_precision_theta`): the scale of lambda.
+
+  The search minimises ``task loss + lambda * cost``; at the start the cost is about this value,
+  so ``lambda * reference_costs(table)[cost]`` is the regulariser's initial weight next to a
+  cross-entropy of about ``ln(classes)``. The same relative strength on another cost model or
+  network needs ``lambda`` rescaled by the ratio of these values.
+
+  Args:
+    table: the model's :class:`LayerTable`.
+    names: cost names (default: every registered cost); a cost that cannot cost this table (e.g.
+      ``mpic`` with a bit-width outside its LUT) is left out.
+
+  Returns:
+    ``{cost name: value}`` as Python floats.
+  """
+  theta = top_precision_theta(table)
+  out = {}
+  for name in (list_costs() if names is None else names):
+    try:
+      out[name] = float(get_cost(name)(table, theta))
+    except (ValueError, KeyError):
+      pass
+  return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
