@@ -2051,5 +2051,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
   """
   if config.distributed.enabled:
     init_distributed(config)
-  validate_config(config, workdir)
+  # The config alone here (Sweep() resolves the method); Sweep.run checks it against the work
+  # directory's run first thing, once (reading config.json and printing resume notes once).
+  validate_config(config)
   return Sweep(config, workdir, dataset=dataset, progress=progress).run()
