@@ -54,7 +54,7 @@ FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pi
 # ``joint_keepalive`` is ``joint`` with ``model.keep_alive=1`` (no group can be pruned away).
 OPTIONAL_RUNS = ("joint_keepalive",)
 
-# Reduced CPU protocol (CIFAR-10 / ResNet-8 on 2 cores, within 2 h; measured ~50 min): joint vs fixed w8a8 / w4a8 /
+# First reduced CPU protocol (2026-11-29, kept as --protocol cpu_v1 for the ablations; ~50 min): joint vs fixed w8a8 / w4a8 /
 # w2a8 vs sequential PIT -> MixPrec. A seeded 10,000-image subset of the 40,000 training images,
 # a 2,000-image subset of the validation split, the full 10,000-image test set; batch 32; epochs
 # below (patience 50 never stops a phase this short); everything else as the reference config
@@ -76,7 +76,7 @@ OPTIONAL_RUNS = ("joint_keepalive",)
 # channel of a layer gets the same cost gradient, so a strong cost flips them together before the
 # task gradient can tell them apart). The window in between is narrow at this length. PIT's mask
 # logits use Adam (speed independent of the strength); its strength sets the balance.
-CPU_PROTOCOL = {
+CPU_V1_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 10000, "val_size": 2000},
     "epochs": {"warmup": 15, "search": 10, "finetune": 5, "pit.search": 8, "pit.finetune": 5},
@@ -96,6 +96,23 @@ CPU_PROTOCOL = {
     # pruned to nothing within the first epoch; hence the much smaller values here.
     "hw_lambdas": {"mpic": (1e-7, 3.5e-7), "ne16": (3.5e-8, 1e-7)},
 }
+# Reduced CPU protocol (CIFAR-10 / ResNet-8 on 2 cores, within 2 h): the first one (cpu_v1, above)
+# plus what its ablations showed (experiments/results/cifar10_cpu/README.md): a float warm-up on the
+# whole 40,000-image training split (jpq's warmup.train_size; the searches and the fixed-precision
+# QAT stay on the 10,000-image subset), the temperature annealed to a final value over the search
+# (jpq's search.final_temperature, the reference's own rescaling for short schedules), the
+# reference's incremental_strength ramp, and one channel per group that cannot be pruned (jpq's
+# model.keep_alive) in the joint search. "config" is applied to every run with a search phase;
+# "joint_config" to the joint runs only.
+CPU_PROTOCOL = dict(
+    CPU_V1_PROTOCOL,
+    warmup_train_size=40000,
+    epochs={"warmup": 15, "search": 10, "finetune": 5, "pit.search": 8, "pit.finetune": 5},
+    config={"search.final_temperature": 0.01, "search.incremental_strength": True},
+    joint_config={"model.keep_alive": 1},
+    lambdas=(1e-6, 2e-6, 4e-6, 8e-6),
+    pit_strength=2.4e-5,
+)
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 512, "val_size": 128, "test_size": 256},
@@ -131,26 +148,57 @@ def all8_costs(cfg) -> Dict[str, float]:
   return costs.reference_costs(table, ("size", "mpic", "ne16"))
 
 
+PROTOCOLS = {"cpu": CPU_PROTOCOL, "cpu_v1": CPU_V1_PROTOCOL, "smoke": SMOKE_PROTOCOL}
+
+
+def _parse_value(text: str):
+  import ast  # pylint: disable=import-outside-toplevel
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, object]:
+  """``['a.b=1e-6', 'c=true']`` -> ``{'a.b': 1e-06, 'c': True}`` (Python literals, else text).
+
+  Raises:
+    ValueError: an item without ``=``.
+  """
+  out = {}
+  for it in items:
+    if "=" not in it:
+      raise ValueError(f"--set {it!r}: expected <field>=<value>, e.g. search.final_temperature=0.01")
+    k, v = it.split("=", 1)
+    out[k.strip()] = _parse_value(v.strip())
+  return out
+
+
 def run_configs(bench: str, protocol: str, data_dir: str,
                 extra_runs: Sequence[str] = (), xla_options: str = "auto",
-                activation_mixture: str = "fused") -> Dict[str, object]:
+                activation_mixture: str = "fused", seed: int = 0,
+                overrides: Dict[str, object] = None) -> Dict[str, object]:
   """The config of every run of ``bench`` under ``protocol`` (``full``, ``cpu`` or ``smoke``).
 
   Args:
     bench: config name in ``experiments/configs``.
-    protocol: ``full``, ``cpu`` or ``smoke``.
+    protocol: ``full``, ``cpu``, ``cpu_v1`` (the first CPU protocol, for ablations) or ``smoke``.
     data_dir: overrides ``data.data_dir`` when not empty.
     extra_runs: runs of the full protocol to add to a reduced one (e.g. ``joint_mpic``).
     xla_options: ``sweep.xla_options`` of every run (``auto`` or ``default``, see
       :mod:`jpq_jax.compiler`).
     activation_mixture: ``model.activation_mixture`` of every run (``fused`` or ``copies``, see
       :class:`jpq_jax.SearchSpace`).
+    seed: when not 0, the run seed (``seed``: train/validation split, subsets, data order,
+      initialisation) and member seed (``sweep.seeds``) of every run, instead of the config's.
+    overrides: ``{dotted field: value}`` set on every run after the protocol (ablations), e.g.
+      ``{'search.final_temperature': 0.0}``.
 
   Returns:
     ``{run name: config}``.
 
   Raises:
-    ValueError: an unknown run name.
+    ValueError: an unknown run name or override field.
   """
   unknown = [r for r in extra_runs if r not in FULL_RUNS + OPTIONAL_RUNS]
   if unknown:
@@ -161,7 +209,10 @@ def run_configs(bench: str, protocol: str, data_dir: str,
     base.data.data_dir = data_dir
   base.sweep.xla_options = xla_options
   base.model.activation_mixture = activation_mixture
-  prot = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(protocol)
+  if seed:
+    base.seed = int(seed)
+    base.sweep.seeds = (int(seed),)
+  prot = PROTOCOLS.get(protocol)
   runs = (FULL_RUNS if prot is None else tuple(prot["runs"])) + tuple(
       r for r in extra_runs if r not in (FULL_RUNS if prot is None else prot["runs"]))
   if prot is not None:
@@ -173,6 +224,7 @@ def run_configs(bench: str, protocol: str, data_dir: str,
     base.sweep.lambdas = tuple(prot["lambdas"])
     base.pit.strength = prot["pit_strength"]
     base.debug.max_steps_per_epoch = prot.get("max_steps_per_epoch", 0)
+    base.warmup.train_size = int(prot.get("warmup_train_size", 0))
   else:
     base.pit.strength = 8 * sorted(base.sweep.lambdas)[len(base.sweep.lambdas) // 2]
   scale = all8_costs(base)
@@ -202,6 +254,17 @@ def run_configs(bench: str, protocol: str, data_dir: str,
       c.sweep.lambdas = tuple(8.0 * float(l) for l in base.sweep.lambdas)
     else:
       c.method = r
+    if prot is not None and c.method != "fixed":
+      for k, v in prot.get("config", {}).items():
+        _set(c, k, v)
+      if c.method == "joint":
+        for k, v in prot.get("joint_config", {}).items():
+          _set(c, k, v)
+    for k, v in (overrides or {}).items():
+      try:
+        _set(c, k, v)
+      except (KeyError, AttributeError, TypeError):
+        raise ValueError(f"--set {k}: no such config field") from None
     if prot is not None and "search_earlystop_start" in prot and c.method != "fixed":
       # Fine-tuning phases are shorter than the window, so they keep best-validation selection.
       c.train.earlystop_start = prot["search_earlystop_start"]
@@ -214,7 +277,10 @@ def run_configs(bench: str, protocol: str, data_dir: str,
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("bench", help="config name in experiments/configs (e.g. cifar10_resnet8)")
-  ap.add_argument("--protocol", choices=("full", "cpu", "smoke"), default="full")
+  ap.add_argument("--protocol", choices=("full",) + tuple(PROTOCOLS), default="full",
+                  help="full: the configs' reference schedules; cpu: the reduced 2-core CPU "
+                       "protocol; cpu_v1: its first version (ablations); smoke: minutes, proves "
+                       "the pipeline runs")
   ap.add_argument("--data-dir", default="")
   ap.add_argument("--workdir", default="", help="default runs/bench_<bench>_<protocol>")
   ap.add_argument("--runs", default="", help="comma-separated subset of the runs")
@@ -225,6 +291,15 @@ def main(argv=None) -> int:
                   help="model.activation_mixture of every run ('copies': the literal sum of PACT "
                        "copies and a separate ReLU, the code path of results produced before the "
                        "fused mixture)")
+  ap.add_argument("--seed", type=int, default=0,
+                  help="run and member seed of every run (train/val split, subsets, data order, "
+                       "init); default the config's (14)")
+  ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                  help="config override applied to every run after the protocol (ablations), "
+                       "e.g. --set search.final_temperature=0; repeatable")
+  ap.add_argument("--warmup-from", default="",
+                  help="reuse the float warm-up of another work directory's joint run "
+                       "(<dir>/joint/warmup) instead of training one (ablations of the search)")
   args = ap.parse_args(argv)
   from jpq_jax import compare, sweep  # pylint: disable=import-outside-toplevel
   wd = args.workdir or os.path.join("runs", f"bench_{args.bench}_{args.protocol}")
@@ -232,7 +307,8 @@ def main(argv=None) -> int:
   keep = [r for r in args.runs.split(",") if r]
   try:
     cfgs = run_configs(args.bench, args.protocol, args.data_dir, extra_runs=keep,
-                       xla_options=args.xla_options, activation_mixture=args.activation_mixture)
+                       xla_options=args.xla_options, activation_mixture=args.activation_mixture,
+                       seed=args.seed, overrides=parse_overrides(args.set))
   except ValueError as e:
     ap.error(str(e))
   if keep:
@@ -243,7 +319,12 @@ def main(argv=None) -> int:
   t_start = time.time()
   for r in order:
     c = cfgs[r]
-    if r != "joint":  # every method starts from the same float warm-up (METHOD.md §7.2)
+    if args.warmup_from:
+      src = os.path.abspath(os.path.join(args.warmup_from, "joint", "warmup"))
+      if not os.path.isdir(src):
+        ap.error(f"--warmup-from: {src} does not exist (a finished warm-up of a joint run)")
+      c.warmup.checkpoint = src
+    elif r != "joint":  # every method starts from the same float warm-up (METHOD.md §7.2)
       c.warmup.checkpoint = os.path.abspath(os.path.join(wd, "joint", "warmup"))
     t0 = time.time()
     print(f"== {r}: method={c.method} lambdas={tuple(c.sweep.lambdas)}", flush=True)
@@ -280,8 +361,7 @@ def main(argv=None) -> int:
       {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
        "wall_s": wall, "total_wall_s": time.time() - t_start})
   record["runs"] = sorted(set(record.get("runs", [])) | set(order), key=order_key)
-  record["protocol_settings"] = {"cpu": CPU_PROTOCOL, "smoke": SMOKE_PROTOCOL}.get(
-      args.protocol, "configs as given")
+  record["protocol_settings"] = PROTOCOLS.get(args.protocol, "configs as given")
   with open(path, "w") as f:
     json.dump(record, f, indent=2, default=list)
   return 0

@@ -13,14 +13,21 @@ are asynchronous (training continues while the previous epoch is written); :meth
 waits for them.
 
 Integrity. Orbax writes a step into a temporary directory and renames it when complete, so a process
-killed mid-write leaves no step behind, only a temporary directory that is ignored. Once a step is
-committed, a manifest (``jpq_manifest.json``: size and CRC-32 of every file) is written next to it;
-when the manager opens the directory, steps are verified newest first and a corrupted or truncated
-one is moved aside to ``<directory>_corrupt/`` with a warning, so the run resumes from the newest
-good step. A step killed between its commit and its manifest has no manifest and is trusted (Orbax
-committed it). Every saved tree also records its structure (key paths, shapes, dtypes); restoring
-into a different structure (another model, member count or precision set) raises
-:class:`CheckpointMismatchError` naming the difference instead of restoring part of it.
+killed mid-write leaves no step behind, only a temporary directory that is ignored. A committed
+step gets a manifest (``jpq_manifest.json``: size and CRC-32 of every file) as part of its commit:
+Orbax's post-finalization callback writes it as soon as the asynchronous write is finalized (a
+synchronous save writes it before returning). Every step also carries, inside its JSON metadata,
+the CRC-32 of every saved array's bytes. When the manager opens the directory, steps are verified
+newest first: a step with a manifest against its files; a step without one (killed in the moment
+between Orbax's rename and the manifest) is *unverified* and is read back whole and checked
+against the array checksums of its metadata before it is used (then given its manifest). A
+damaged, truncated or unreadable step is moved aside to ``<directory>_corrupt/`` with a one-line
+warning naming the step and the file, and the run resumes from the newest good step; when no
+good step is left, :class:`CheckpointCorruptError` says so and what to do. Every saved tree
+also records its structure (key paths, shapes, dtypes); restoring into a different structure
+(another model, member count or precision set) raises :class:`CheckpointMismatchError` naming
+the difference instead of restoring part of it. The checksums detect damage (disk, copies, a
+killed writer), not tampering: whoever can edit a file can rewrite its checksum.
 
 The finished sweep also writes ``final/`` (the fine-tuned members, stacked) that
 :func:`restore_member` reads: ``model, variables, table = jpq_jax.restore_member(workdir, k)``.
@@ -42,10 +49,15 @@ import orbax.checkpoint as ocp
 
 __all__ = ["SweepCheckpointer", "save_tree", "load_tree", "restore_member", "abstract_like",
            "CheckpointMismatchError", "CheckpointCorruptError", "tree_signature",
-           "check_signature", "write_manifest", "verify_manifest"]
+           "check_signature", "write_manifest", "verify_manifest", "content_checksums",
+           "verify_tree", "storage_error"]
 
 MANIFEST = "jpq_manifest.json"
 _TREE_KEY = "_tree"  # the saved state's structure, stored inside the step's JSON metadata
+_CONTENT_KEY = "_content"  # [shape, dtype, crc32] of every saved array, inside the JSON metadata
+# Orbax's step metadata, which it rewrites (commit time) when it renames the step into place: not in
+# the manifest (written just before the rename); verify_step checks that it is readable JSON.
+_REWRITTEN_AT_COMMIT = ("_CHECKPOINT_METADATA",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -123,6 +135,96 @@ def check_signature(saved: Optional[Mapping[str, Any]], target: Any, where: str)
       "or a new work directory")
 
 
+# ---- content checksums ----------------------------------------------------------------------------------
+def _leaf_crc(a: np.ndarray) -> int:
+  return zlib.crc32(np.ascontiguousarray(a).tobytes())
+
+
+def content_checksums(tree: Any) -> Optional[List[List[Any]]]:
+  """``[shape, dtype, crc32]`` of every array leaf's bytes, sorted: a checksum of a tree's values.
+
+  Sorted (a multiset), so that it can be compared with a tree read back without its original
+  structure (Orbax restores an untargeted tree as nested dicts, in another leaf order).
+
+  Args:
+    tree: pytree of host arrays (numpy, or process-local jax arrays).
+
+  Returns:
+    The sorted list, or None when a leaf is spread over processes (not checksummed here).
+  """
+  out = []
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return None
+    a = np.asarray(leaf)
+    out.append([list(a.shape), a.dtype.name, _leaf_crc(a)])
+  return sorted(out, key=lambda r: (r[2], r[1], r[0]))
+
+
+def verify_tree(tree: Any, expected: Optional[List[List[Any]]], where: str) -> None:
+  """Check a tree read back against the :func:`content_checksums` saved with it.
+
+  Args:
+    tree: the restored pytree (any structure).
+    expected: the saved checksums (None: nothing to check).
+    where: what is checked, for the message.
+
+  Raises:
+    CheckpointCorruptError: the values differ from the saved ones (naming the first array's shape).
+  """
+  if expected is None:
+    return
+  got = content_checksums(tree)
+  if got is None:
+    return
+  want = [[list(r[0]), r[1], int(r[2])] for r in expected]
+  if got != want:
+    bad = [r for r in want if r not in got]
+    what = f" (e.g. an array of shape {bad[0][0]} {bad[0][1]})" if bad else ""
+    raise CheckpointCorruptError(f"{where}: the saved arrays differ from their checksums{what}")
+
+
+_STORAGE_ERRNOS = {28: "no space left on device", 122: "disk quota exceeded",
+                   13: "permission denied", 1: "operation not permitted",
+                   30: "read-only file system"}
+_STORAGE_TEXT = {"no space left on device": "no space left on device",
+                 "disk quota exceeded": "disk quota exceeded",
+                 "permission denied": "permission denied",
+                 "read-only file system": "read-only file system",
+                 "resource_exhausted": "no space left on device"}
+
+
+def storage_error(exc: BaseException) -> Optional[str]:
+  """The storage cause of an exception (disk full, permissions, read-only), or None.
+
+  Walks ``exc``'s cause/context chain (Orbax and TensorStore wrap the OS error several times) for
+  an :class:`OSError` with one of those errnos, else for their message text.
+
+  Args:
+    exc: the exception.
+
+  Returns:
+    ``"<cause>: <path>"`` (the path when one is known), or None when the exception is not about
+    storage.
+  """
+  seen, e = set(), exc
+  texts = []
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+      path = e.filename or ""
+      return f"{_STORAGE_ERRNOS[e.errno]}" + (f": {path}" if path else "")
+    texts.append(str(e))
+    e = e.__cause__ or e.__context__
+  low = " ".join(texts).lower()
+  for key, cause in _STORAGE_TEXT.items():
+    if key in low:
+      import re  # pylint: disable=import-outside-toplevel
+      m = re.search(r"(/[^\s'\"\]\[,:]+)", " ".join(texts))
+      return cause + (f": {m.group(1)}" if m else "")
+  return None
+
+
 # ---- manifests ------------------------------------------------------------------------------------------
 def _crc(path: str) -> int:
   crc = 0
@@ -152,7 +254,7 @@ def write_manifest(directory: str, extra: Optional[Mapping[str, Any]] = None) ->
     for name in names:
       full = os.path.join(root, name)
       rel = os.path.relpath(full, directory)
-      if rel == MANIFEST or rel.startswith(MANIFEST + "."):
+      if rel == MANIFEST or rel.startswith(MANIFEST + ".") or rel in _REWRITTEN_AT_COMMIT:
         continue
       files[rel] = [os.path.getsize(full), _crc(full)]
   doc = {"format": 1, "files": files, **dict(extra or {})}
@@ -241,31 +343,41 @@ def _for_save(tree: Any) -> Any:
 class SweepCheckpointer:
   """Epoch- and phase-boundary checkpoints of a sweep (Orbax ``CheckpointManager``).
 
-  Opening the directory verifies the committed steps newest first against their manifests and moves
-  corrupted ones aside (with a warning), so :meth:`latest_step` is the newest good step.
+  Opening the directory verifies the committed steps newest first (against their manifests, or,
+  without one, by reading them back against their array checksums) and moves damaged ones aside
+  with a warning, so :meth:`latest_step` is the newest good step.
 
   Args:
     directory: where the steps go (``<workdir>/checkpoints``).
     keep: number of most recent steps kept.
     async_save: write in the background.
+
+  Raises:
+    CheckpointCorruptError: every committed step is damaged (moved aside; the message says how to
+      start over).
   """
 
   def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
+    import threading  # pylint: disable=import-outside-toplevel
     self.directory = os.path.abspath(directory)
     self.async_save = bool(async_save)
     self.is_main = jax.process_index() == 0
     self.quarantined: List[int] = []
+    self._lock = threading.Lock()
+    self._unmanifested: List[int] = []
     if self.is_main:
       self.quarantined = self._drop_corrupt_steps()
     if jax.process_count() > 1:  # the others open the directory once process 0 has cleaned it
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices("jpq_checkpoint_verified")
+    # The manifest is part of the commit: written by Orbax's background thread right after it
+    # finalizes the step, not when the next save starts (a whole epoch later).
+    async_opts = ocp.AsyncOptions(post_finalization_callback=self._write_manifests)
     options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1),
                                            enable_async_checkpointing=bool(async_save),
-                                           create=True)
+                                           create=True, async_options=async_opts)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
-    self._unmanifested: List[int] = []
 
   # -- integrity --
   def _committed_steps(self) -> List[int]:
@@ -276,27 +388,53 @@ class SweepCheckpointer:
                   if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
 
   def verify_step(self, step: int) -> None:
-    """Check a committed step against its manifest and its metadata for readability.
+    """Check a committed step: its files against its manifest, or, without a manifest, its
+    arrays read back against the checksums in its metadata (then the manifest is written).
 
     Raises:
-      CheckpointCorruptError: naming what is wrong.
+      CheckpointCorruptError: naming the step and what is wrong.
     """
     d = os.path.join(self.directory, str(step))
-    verify_manifest(d)
-    # The JSON metadata is read before anything else on resume: a step without a manifest (killed
-    # between commit and manifest) is at least required to have readable metadata.
+    has_manifest = verify_manifest(d) is not None
     meta_file = os.path.join(d, "meta", "metadata")  # where Orbax's JsonSave puts it
-    if os.path.exists(meta_file):
+    if not os.path.exists(meta_file):
+      raise CheckpointCorruptError(f"{d}: metadata file meta/metadata is missing")
+    try:
+      with open(meta_file) as f:
+        meta = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+      raise CheckpointCorruptError(f"{d}: metadata file meta/metadata is not valid JSON "
+                                   f"({e})") from None
+    for rel in _REWRITTEN_AT_COMMIT:
+      f = os.path.join(d, rel)
+      if os.path.exists(f):
+        try:
+          with open(f) as fh:
+            json.load(fh)
+        except (ValueError, UnicodeDecodeError) as e:
+          raise CheckpointCorruptError(f"{d}: Orbax's {rel} is not valid JSON ({e})") from None
+    if has_manifest:
+      return
+    expected = meta.get(_CONTENT_KEY) if isinstance(meta, dict) else None
+    if expected is None or jax.process_count() > 1:
+      return  # saved before array checksums existed, or shards of several processes: trusted
+    try:
+      ckptr = ocp.StandardCheckpointer()
       try:
-        with open(meta_file) as f:
-          json.load(f)
-      except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointCorruptError(f"{d}: metadata file meta/metadata is not valid JSON "
-                                     f"({e})") from None
+        raw = ckptr.restore(os.path.join(d, "state"))
+      finally:
+        ckptr.close()
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax/TensorStore report a truncated or garbled array file as many kinds of errors.
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise CheckpointCorruptError(f"{d}: state unreadable ({type(e).__name__}: {first})") from None
+    verify_tree(raw, expected, f"{d}: state arrays (no manifest, read back)")
+    write_manifest(d, {"step": step})  # verified: no need to read it back again
 
   def _drop_corrupt_steps(self) -> List[int]:
-    """Move corrupted steps newer than the newest good one aside; returns their numbers."""
+    """Move damaged steps newer than the newest good one aside; returns their numbers."""
     dropped = []
+    aside = self.directory.rstrip("/") + "_corrupt"
     for step in reversed(self._committed_steps()):
       try:
         self.verify_step(step)
@@ -304,26 +442,51 @@ class SweepCheckpointer:
       except CheckpointCorruptError as e:
         # Moved, not deleted: the files may still be worth a look, and Orbax must not see the step
         # (the run would resume from it, and saving that step number again would fail).
-        aside = self.directory.rstrip("/") + "_corrupt"
         os.makedirs(aside, exist_ok=True)
         shutil.move(os.path.join(self.directory, str(step)),
                     os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"))
         dropped.append(step)
         older = [s for s in self._committed_steps() if s < step]
-        to = f"step {older[-1]}" if older else "a fresh start (no older step)"
-        warnings.warn(f"checkpoint step {step} is damaged ({e}); moved it to {aside} and falling "
-                      f"back to {to}", RuntimeWarning, stacklevel=3)
+        to = f"step {older[-1]}" if older else "nothing (no older step)"
+        reason = str(e).replace(os.path.join(self.directory, str(step)) + ": ", "")
+        warnings.warn(f"checkpoint step {step} is damaged ({reason}); moved it to {aside}, "
+                      f"falling back to {to}", RuntimeWarning, stacklevel=3)
+    if dropped and not self._committed_steps():
+      raise CheckpointCorruptError(
+          f"no good checkpoint left in {self.directory}: step(s) {sorted(dropped)} are damaged "
+          f"(moved to {aside}); to train this run again from the start, remove "
+          f"{self.directory} (a finished warm-up in the work directory's warmup/ is reused)")
     return dropped
 
   def _write_manifests(self) -> None:
-    # Called once Orbax has finished every pending save: the steps are committed, their files final.
-    pending, self._unmanifested = self._unmanifested, []
-    if not self.is_main:
-      return
-    for step in pending:
-      d = os.path.join(self.directory, str(step))
-      if os.path.isdir(d):  # (max_to_keep may already have removed it)
-        write_manifest(d, {"step": step})
+    # Orbax's post-finalization callback runs in its background thread once a step's files are
+    # final but before it renames the temporary directory to the step number: the manifest written
+    # there is committed by the same rename, atomically with the step. Called from the main thread
+    # (after Orbax finished every pending save) it covers synchronous saves and any step left.
+    with self._lock:
+      pending, self._unmanifested = self._unmanifested, []
+      if not self.is_main:
+        return
+      for step in pending:
+        d = os.path.join(self.directory, str(step))
+        if os.path.isdir(d):
+          if not os.path.exists(os.path.join(d, MANIFEST)):
+            write_manifest(d, {"step": step})
+          continue
+        tmp = self._temporary_dir(step)
+        if tmp is not None:
+          write_manifest(tmp, {"step": step})
+        # else: max_to_keep removed it already
+
+  def _temporary_dir(self, step: int) -> Optional[str]:
+    """Orbax's temporary directory of ``step`` (written, not yet renamed), or None."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return None
+    tmps = [n for n in names if n.startswith(f"{step}.") and "tmp" in n
+            and os.path.isdir(os.path.join(self.directory, n))]
+    return os.path.join(self.directory, sorted(tmps)[-1]) if tmps else None
 
   # -- API --
   def latest_step(self) -> Optional[int]:
@@ -336,16 +499,20 @@ class SweepCheckpointer:
     With several processes every process must call this (Orbax synchronises them); process 0
     writes ``meta`` and the process-local arrays.
     """
-    # Orbax waits for the previous save before starting this one anyway; waiting here first lets
-    # the previous step's manifest be written at no extra cost.
+    # Orbax waits for the previous save before starting this one anyway; waiting here first makes
+    # sure the previous step's manifest is on disk (its callback normally wrote it long ago).
     self.manager.wait_until_finished()
     self._write_manifests()
     meta = dict(meta)
     meta[_TREE_KEY] = tree_signature(state)
+    content = content_checksums(state)
+    if content is not None:
+      meta[_CONTENT_KEY] = content
+    with self._lock:
+      self._unmanifested.append(step)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)),
                       force=True)
-    self._unmanifested.append(step)
     if not self.async_save:  # already committed
       self._write_manifests()
 
@@ -360,6 +527,7 @@ class SweepCheckpointer:
       return None
     out = self._raw_meta(step)
     out.pop(_TREE_KEY, None)
+    out.pop(_CONTENT_KEY, None)
     return out
 
   def saved_signature(self, step: int) -> Optional[Dict[str, List[Any]]]:
@@ -470,6 +638,7 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
   Raises:
     FileNotFoundError: the sweep has not finished (no ``final`` checkpoint).
     IndexError: no such member.
+    CheckpointCorruptError: ``final/`` is damaged (rerunning the sweep rebuilds it).
   """
   from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
   final = os.path.join(workdir, "final")
@@ -487,7 +656,11 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
   if results.get("method") == "pit":
     return model, _pit_member(model, table, sample, final, n, member), table
   target = sweep.fixed_variables_template(model, sample, n)
-  stacked = load_tree(final, target)
+  try:
+    stacked = load_tree(final, target)
+  except CheckpointCorruptError as e:
+    raise CheckpointCorruptError(f"{e}; rerun `jpq sweep` with the same --workdir to rebuild "
+                                 "final/ from the sweep's last checkpoint") from None
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x)[member], stacked)
   return model, variables, table
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jpq_jax.quant import div_by_scalar
+
 __all__ = [
     "SAMPLINGS",
     "validate_precisions",
@@ -269,7 +271,9 @@ def sample_theta(alpha: jax.Array,
   if sampling not in SAMPLINGS:
     raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLINGS}")
   temperature = jnp.asarray(temperature, alpha.dtype)
-  soft = jax.nn.softmax(alpha / temperature, axis=0)
+  # div_by_scalar: the true division of a single-member program also when vmapped over members
+  # (a per-member temperature would otherwise become a reciprocal multiplication, 1 ulp off).
+  soft = jax.nn.softmax(div_by_scalar(alpha, temperature), axis=0)
   if not train:
     return argmax_onehot(soft)
   if sampling == "softmax":
@@ -281,7 +285,7 @@ def sample_theta(alpha: jax.Array,
   g = jax.random.gumbel(key, alpha.shape, alpha.dtype)
   # torch.nn.functional.gumbel_softmax: softmax((logits + g) / tau); the logits are NOT divided by
   # T beforehand (tau plays that role).
-  gsoft = jax.nn.softmax((alpha + g) / temperature, axis=0)
+  gsoft = jax.nn.softmax(div_by_scalar(alpha + g, temperature), axis=0)
   if sampling == "gumbel":
     return gsoft
   return argmax_onehot(gsoft)

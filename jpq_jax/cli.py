@@ -301,7 +301,8 @@ def _cmd_compare(args, rest) -> int:
   from jpq_jax import compare  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq compare: unexpected arguments {rest}")
-  runs = [compare.load_run(d, cost=args.cost, metric=args.metric) for d in args.workdirs]
+  runs = [compare.load_run(d, cost=args.cost, metric=args.metric, select=args.select)
+          for d in args.workdirs]
   names = [r.name for r in runs]
   for i, r in enumerate(runs):  # two runs of one method (e.g. two fixed precisions): tell apart
     if names.count(r.name) > 1:
@@ -361,7 +362,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("workdirs", nargs="+", help="sweep work directories (the first is the reference)")
   p.add_argument("--out", default="compare", help="output directory (default ./compare)")
   p.add_argument("--cost", default=None, help="cost of the x axis (default: each run's own)")
-  p.add_argument("--metric", default="test_acc", help="accuracy field (test_acc or val_acc)")
+  p.add_argument("--metric", default="test_acc",
+                 help="accuracy reported and compared at iso-accuracy (test_acc or val_acc)")
+  p.add_argument("--select", default="val_acc",
+                 help="accuracy that chooses each front's points (default val_acc: the test set "
+                      "never picks them; test_acc is the explicit, optimistic choice)")
   p.add_argument("--reference", default=None, help="run name whose reductions are reported")
   args, rest = parser.parse_known_args(argv)
   try:
@@ -374,11 +379,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd == "compare":
       return _cmd_compare(args, rest)
     return _cmd_inspect(args, rest)
-  except (ValueError, OSError, IndexError, KeyError, FloatingPointError, ImportError) as e:
-    # Bad input of any kind (config, data, work directory, checkpoint): one line naming the
-    # problem, no traceback. JPQ_TRACEBACK=1 shows it, for debugging.
+  except Exception as e:  # pylint: disable=broad-except
     if os.environ.get("JPQ_TRACEBACK"):
       raise
+    from jpq_jax.checkpoint import storage_error  # pylint: disable=import-outside-toplevel
+    cause = storage_error(e)
+    if cause is not None:
+      # Disk full, permissions, read-only: Orbax and TensorStore wrap the cause in pages of
+      # traceback. The steps committed before it are intact (Orbax writes into temporary
+      # directories and renames a complete step).
+      print(f"jpq {args.cmd}: cannot write: {cause}. Checkpoints committed before it are kept; "
+            "fix it and rerun the same command to resume (JPQ_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr)
+      return 1
+    if not isinstance(e, (ValueError, OSError, IndexError, KeyError, FloatingPointError,
+                          ImportError)):
+      raise
+    # Bad input of any kind (config, data, work directory, checkpoint): one line naming the
+    # problem, no traceback. JPQ_TRACEBACK=1 shows it, for debugging.
     if isinstance(e, KeyError):  # str(KeyError) is only the quoted key
       msg = f"missing key {e.args[0]!r}" if e.args else "missing key"
     else:

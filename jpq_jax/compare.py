@@ -6,16 +6,21 @@ several sweep work directories (one method each: the joint search, fixed-precisi
 extracts each Pareto front (accuracy to maximise, cost to minimise, members that failed left out)
 and computes, for every pair (method, baseline):
 
-* for each point of the baseline's front, the method's cost at the same accuracy, read off the
-  method's front by **linear interpolation of log(cost) against accuracy between the two adjacent
-  front points** (the cheapest front point reaching it when the accuracy lies above all but one;
-  "not reached" when the method's front never reaches that accuracy), and the reduction
-  ``1 - cost_method / cost_baseline``;
+* each front is **chosen on the validation metric** (``select``, default ``val_acc``: which
+  members are Pareto-optimal) and **read on the test metric** (``metric``, default ``test_acc``),
+  so the test set never decides which points are shown; ``select="test_acc"`` is the explicit,
+  leaky choice;
+* for each point of the baseline's front, the method's cost at the same (test) accuracy, read off
+  the method's front by **linear interpolation of log(cost) against accuracy between the two
+  adjacent front points** where the front first reaches it, in order of cost (the cheapest front
+  point when it already does; "not reached" when the method's front never reaches that accuracy),
+  and the reduction ``1 - cost_method / cost_baseline``. A front chosen on validation need not
+  be monotonic in test accuracy; the rule reads the cheapest crossing;
 * the headline: that reduction at the baseline's most accurate front point (for a fixed-precision
   baseline, its only point, as in "47.5% smaller than w8a8 at the same accuracy").
 
-Writes ``compare.md`` (tables), ``compare.json`` and ``compare.png`` (every front, accuracy vs cost,
-log x; sizes in kB).
+Writes ``compare.md`` (tables), ``compare.json`` and ``compare.png`` / ``compare.pdf`` (every
+front, accuracy vs cost, log x; sizes in kB).
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ class Run:
     points: list of dicts ``{member, lambda, cost, accuracy, ...}`` (failed members excluded).
     failed: number of failed members left out.
     cost: the cost name; unit: its unit.
-    metric: the accuracy field used.
+    metric: the accuracy field reported (``accuracy`` of each point).
+    select: the field that chose the front (``selection`` of each point); equal to ``metric``
+      for a front chosen on the reported accuracy.
     train_time_s: training time of the method: every phase of ``times_s`` except the warm-up,
       which every method shares (METHOD.md §7.2): search + fine-tune for the joint search and
       the MPS baselines, PIT search + PIT fine-tune (+ MPS search + fine-tune for
@@ -53,27 +60,30 @@ class Run:
   """
 
   def __init__(self, name, workdir, points, failed, cost, unit, metric, train_time_s, times,
-               method=None, not_applicable=0, task=None):
+               method=None, not_applicable=0, task=None, select=None):
     self.name, self.workdir, self.points, self.failed = name, workdir, points, failed
     self.cost, self.unit, self.metric = cost, unit, metric
+    self.select = select or metric
     self.train_time_s, self.times = train_time_s, times
     self.method, self.not_applicable = method, not_applicable
     self.task = task  # {"dataset", "model"} as recorded in results.json (None: unknown)
 
   @property
   def front(self) -> List[Dict[str, Any]]:
-    """The Pareto-optimal points, by increasing cost."""
-    return pareto_front(self.points)
+    """The points Pareto-optimal on (cost, ``select``), by increasing cost."""
+    return pareto_front(self.points, key="selection")
 
 
 def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
-             name: Optional[str] = None) -> Run:
+             name: Optional[str] = None, select: str = "val_acc") -> Run:
   """Read a sweep's ``results.json``.
 
   Args:
     workdir: the sweep's work directory.
     cost: cost name to compare on (default: the run's Pareto cost).
-    metric: accuracy field (``test_acc`` or ``val_acc``).
+    metric: the accuracy field reported and compared at iso-accuracy (``test_acc`` or
+      ``val_acc``).
+    select: the accuracy field that chooses the front (default ``val_acc``: no test leakage).
     name: display name (default: the run's ``method`` (``wXaY`` for a fixed-precision run), else
       its ``name``, else the folder name).
 
@@ -99,17 +109,19 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
     costs = m.get("costs_argmax") or {}
     if cost not in costs:
       raise ValueError(f"{workdir}: cost {cost!r} not in the results (have {sorted(costs)})")
-    if metric not in m:
-      raise ValueError(f"{workdir}: metric {metric!r} not in the results")
-    c, a = costs[cost], m[metric]
+    for f in (metric, select):
+      if f not in m:
+        raise ValueError(f"{workdir}: metric {f!r} not in the results")
+    c, a, sel = costs[cost], m[metric], m[select]
     if c is None and a is not None:
       na += 1  # the cost does not apply to this network (e.g. float PIT on a hardware model)
       continue
-    if c is None or a is None or not math.isfinite(c) or not math.isfinite(a):
+    if (c is None or a is None or sel is None or not math.isfinite(c) or not math.isfinite(a)
+        or not math.isfinite(sel)):
       failed += 1
       continue
     pts.append({"member": m.get("member"), "lambda": m.get("lambda"), "cost": float(c),
-                "accuracy": float(a)})
+                "accuracy": float(a), "selection": float(sel)})
   times = res.get("times_s", {}) or {}
   fb = res.get("fixed_bits")
   method_label = (f"w{fb[0]}a{fb[1]}" if res.get("method") == "fixed" and fb else res.get("method"))
@@ -119,29 +131,37 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
     total = sum(v for p, v in times.items() if v and p != "warmup")
   task = {k: res[k] for k in ("dataset", "model") if res.get(k) is not None} or None
   return Run(label, str(workdir), pts, failed, cost, units.get(cost, ""), metric, float(total),
-             times, method=res.get("method"), not_applicable=na, task=task)
+             times, method=res.get("method"), not_applicable=na, task=task, select=select)
 
 
-def pareto_front(points: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """Points not dominated by another (lower-or-equal cost and higher accuracy), by cost.
+def pareto_front(points: Sequence[Dict[str, Any]], key: str = "accuracy") -> List[Dict[str, Any]]:
+  """Points not dominated by another (lower-or-equal cost and higher ``key``), by cost.
 
   Args:
-    points: dicts with ``cost`` and ``accuracy``.
+    points: dicts with ``cost`` and ``key`` (points without ``key`` use ``accuracy``).
+    key: the field the front is chosen on (``selection`` for a :class:`Run`'s points).
 
   Returns:
-    The front, sorted by increasing cost (and so increasing accuracy).
+    The front, sorted by increasing cost (and so increasing ``key``).
   """
-  pts = sorted(points, key=lambda p: (p["cost"], -p["accuracy"]))
+  val = lambda p: p.get(key, p["accuracy"])
+  pts = sorted(points, key=lambda p: (p["cost"], -val(p)))
   front, best = [], -math.inf
   for p in pts:
-    if p["accuracy"] > best:
+    if val(p) > best:
       front.append(p)
-      best = p["accuracy"]
+      best = val(p)
   return front
 
 
 def cost_at_accuracy(front: Sequence[Dict[str, Any]], accuracy: float) -> Optional[float]:
   """The cost a front needs to reach ``accuracy`` (log-linear interpolation; None if never).
+
+  The front is walked by increasing cost; at the first point whose ``accuracy`` reaches the
+  target, the cost is interpolated (log cost linear in accuracy) between it and the point before
+  it. For a front chosen on its own accuracy this is the usual interpolation between the two
+  adjacent points around the target; for a front chosen on another metric (validation) whose
+  ``accuracy`` (test) is not monotonic, it is the cheapest crossing.
 
   Args:
     front: a Pareto front sorted by cost (see :func:`pareto_front`).
@@ -150,15 +170,14 @@ def cost_at_accuracy(front: Sequence[Dict[str, Any]], accuracy: float) -> Option
   Returns:
     The interpolated cost, or None when no front point reaches ``accuracy``.
   """
-  if not front or front[-1]["accuracy"] < accuracy:
-    return None
-  if front[0]["accuracy"] >= accuracy:
-    return front[0]["cost"]
-  for lo, hi in zip(front[:-1], front[1:]):
-    if lo["accuracy"] < accuracy <= hi["accuracy"]:
+  for i, hi in enumerate(front):
+    if hi["accuracy"] >= accuracy:
+      if i == 0:
+        return hi["cost"]
+      lo = front[i - 1]
       t = (accuracy - lo["accuracy"]) / (hi["accuracy"] - lo["accuracy"])
       return float(math.exp(math.log(lo["cost"]) + t * (math.log(hi["cost"]) - math.log(lo["cost"]))))
-  return front[-1]["cost"]  # unreachable for a proper front
+  return None
 
 
 def iso_accuracy(method: Run, baseline: Run) -> Dict[str, Any]:
@@ -175,9 +194,11 @@ def iso_accuracy(method: Run, baseline: Run) -> Dict[str, Any]:
   Raises:
     ValueError: the two runs use different costs or metrics, or different datasets or models.
   """
-  if method.cost != baseline.cost or method.metric != baseline.metric:
-    raise ValueError(f"cannot compare {method.name!r} ({method.cost}, {method.metric}) with "
-                     f"{baseline.name!r} ({baseline.cost}, {baseline.metric}); pass --cost to "
+  if (method.cost != baseline.cost or method.metric != baseline.metric
+      or method.select != baseline.select):
+    raise ValueError(f"cannot compare {method.name!r} ({method.cost}, {method.metric}, front "
+                     f"chosen on {method.select}) with {baseline.name!r} ({baseline.cost}, "
+                     f"{baseline.metric}, chosen on {baseline.select}); pass --cost to "
                      "compare both on one cost")
   if method.task and baseline.task and method.task != baseline.task:
     raise ValueError(f"cannot compare {method.name!r} ({method.task}) with {baseline.name!r} "
@@ -191,6 +212,7 @@ def iso_accuracy(method: Run, baseline: Run) -> Dict[str, Any]:
                  "reduction": red})
   head = rows[-1] if rows else None
   return {"method": method.name, "baseline": baseline.name, "points": rows, "headline": head,
+          "metric": method.metric, "selected_on": method.select,
           "interpolation": "log-linear cost vs accuracy between adjacent front points"}
 
 
@@ -214,8 +236,10 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[s
   if ref is None:
     raise ValueError(f"unknown reference {reference!r}; runs: {names}")
   return {
-      "cost": ref.cost, "unit": ref.unit, "metric": ref.metric, "reference": ref.name,
+      "cost": ref.cost, "unit": ref.unit, "metric": ref.metric, "selected_on": ref.select,
+      "reference": ref.name,
       "runs": [{"name": r.name, "method": r.method, "workdir": r.workdir, "front": r.front,
+                "task": r.task,
                 "n_points": len(r.points), "failed": r.failed,
                 "not_applicable": r.not_applicable, "train_time_s": r.train_time_s,
                 "times_s": r.times}
@@ -248,7 +272,10 @@ def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = N
   with open(os.path.join(out, "compare.json"), "w") as f:
     json.dump(comp, f, indent=2)
   unit = comp["unit"]
+  sel = comp.get("selected_on", comp["metric"])
   lines = [f"# Comparison on {comp['cost']} ({unit}) vs {comp['metric']}", "",
+           f"Fronts chosen on **{sel}**, accuracies reported and compared on **{comp['metric']}**"
+           + (" (the test set chose the points: optimistic)." if sel == "test_acc" else "."), "",
            "Training time: every phase except the shared float warm-up.", "",
            "| method | front points | failed | best accuracy | cheapest front cost | training time |",
            "|---|---|---|---|---|---|"]
@@ -259,8 +286,9 @@ def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = N
     na = f" ({r['not_applicable']} without this cost)" if r.get("not_applicable") else ""
     lines.append(f"| {r['name']} | {len(fr)}{na} | {r['failed']} | {best} | {cheap} | "
                  f"{r['train_time_s']:.0f} s |")
-  lines += ["", f"Cost reduction of **{comp['reference']}** at iso-accuracy (cost read off its front "
-            "by log-linear interpolation between adjacent points):", "",
+  lines += ["", f"Cost reduction of **{comp['reference']}** at iso-accuracy ({comp['metric']}; cost read "
+            f"off its front, chosen on {sel}, by log-linear interpolation between adjacent points):",
+            "",
             "| baseline | accuracy | baseline cost | method cost | reduction |", "|---|---|---|---|---|"]
   for c in comp["comparisons"]:
     for p in c["points"]:
@@ -275,21 +303,28 @@ def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = N
   return comp
 
 
+_METRIC_LABEL = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
+
+
 def _plot(comp, path):
+  """The fronts on one axis; also written as a vector copy (``.pdf`` beside ``path``)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   scale, xl = (1 / 8000, "size (kB)") if comp["unit"] == "bits" else (1.0, f"{comp['cost']} ({comp['unit']})")
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for r in comp["runs"]:
+  for i, r in enumerate(comp["runs"]):
     fr = r["front"]
     if not fr:
       continue
     xs = np.array([p["cost"] for p in fr]) * scale
     ys = 100 * np.array([p["accuracy"] for p in fr])
-    style = "o-" if len(fr) > 1 else "s"
-    ax.plot(xs, ys, style, label=r["name"], ms=6)
+    # The reference (the searched method) on top, thicker; fronts as lines with markers, single
+    # points (fixed precision) as squares.
+    ax.plot(xs, ys, "-" if len(fr) > 1 else "none", label=r["name"], ms=7 if i == 0 else 6,
+            lw=2 if i == 0 else 1.2, zorder=3 if i == 0 else 2,
+            marker="s" if len(fr) == 1 else "oDv^<>ph*"[i % 9])
   ax.set_xscale("log")
   # Plain numbers on the log axis ("5", "20", "50 kB"), not "5x10^0".
   plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -297,10 +332,16 @@ def _plot(comp, path):
   ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
       lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
   ax.set_xlabel(xl)
-  ax.set_ylabel(f"{comp['metric']} (%)")
+  metric = _METRIC_LABEL.get(comp["metric"], comp["metric"])
+  ax.set_ylabel(f"{metric} (%)")
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  ax.set_title(f"Pareto fronts: {comp['metric']} vs {comp['cost']}")
+  ax.legend(fontsize=8)
+  task = next((r.get("task") for r in comp["runs"] if r.get("task")), None) or {}
+  where = f"{task.get('model', '')} on {task.get('dataset', '')}: " if task else ""
+  sel = _METRIC_LABEL.get(comp.get("selected_on", comp["metric"]), comp.get("selected_on"))
+  ax.set_title(f"{where}{metric} vs {comp['cost']}, reference {comp['reference']}\n"
+               f"(front points chosen on {sel})", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  fig.savefig(os.path.splitext(path)[0] + ".pdf")
   plt.close(fig)

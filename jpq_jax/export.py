@@ -620,18 +620,24 @@ def _manifest_sha(manifest: Mapping) -> str:
   return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def load_bundle(path: str) -> Bundle:
+def load_bundle(path: str, allow_unverified: bool = False) -> Bundle:
   """Read a bundle directory written by :meth:`Bundle.save`, verifying version and checksums.
+
+  The manifest's ``manifest_sha256`` and the payload's per-array SHA-256 detect damage (a
+  truncated copy, flipped bits, a hand edit that forgot the checksum); they do not protect
+  against tampering (whoever edits the bundle can recompute them).
 
   Args:
     path: the bundle directory (or its ``manifest.json``).
+    allow_unverified: accept a bundle whose manifest has no ``manifest_sha256`` (exported by jpq
+      before 2026-11-30); such a manifest cannot be checked, so it is refused by default.
 
   Returns:
     The bundle.
 
   Raises:
-    BundleError: missing files, unsupported ``format_version``, a corrupt or tampered payload, or
-      a manifest edited after export.
+    BundleError: missing files, unsupported ``format_version``, a corrupt or tampered payload, a
+      manifest edited after export, or (without ``allow_unverified``) one without its checksum.
   """
   if os.path.basename(path) == MANIFEST:
     path = os.path.dirname(path)
@@ -653,6 +659,11 @@ def load_bundle(path: str) -> Bundle:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:  # zipfile/format errors of a damaged file
     raise BundleError(f"bundle {path!r}: {PAYLOAD} is corrupt and cannot be read ({e})") from None
+  if "manifest_sha256" not in manifest and not allow_unverified:
+    raise BundleError(f"bundle {path!r}: manifest.json has no manifest_sha256, so its clips, "
+                      "scales and graph cannot be verified (an edit, or a bundle exported before "
+                      "jpq 2026-11-30); re-export the member, or load it with "
+                      "allow_unverified=True if you trust it")
   if "manifest_sha256" in manifest and manifest["manifest_sha256"] != _manifest_sha(manifest):
     # The manifest drives the integer inference (clips, scales, the graph): an edited one would
     # run silently with other numbers.

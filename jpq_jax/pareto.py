@@ -1,7 +1,11 @@
 """Pareto fronts of a sweep: extraction, result files, table and plot.
 
 A member is on the front when no other healthy member is at least as accurate *and* at most as
-costly with one of the two strictly better. Members whose status is not ``ok`` (failed, or
+costly with one of the two strictly better. "Accurate" is the run's ``pareto_metric``: the
+validation accuracy by default (``sweep.pareto_metric``), so that the test set never chooses the
+points; their test accuracy is reported beside it (``test_acc`` is the explicit, optimistic
+choice). Results written before the field existed are read as chosen on test accuracy, as
+they were. Members whose status is not ``ok`` (failed, or
 degenerate: a whole group pruned, non-finite costs) are reported in ``results.json`` but kept off
 the front. Files written into the run's work directory:
 
@@ -18,7 +22,10 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["pareto_front", "front_of_results", "write_results", "format_front", "format_member",
-           "plot_front", "load_results", "default_cost", "is_healthy"]
+           "plot_front", "load_results", "default_cost", "default_metric", "is_healthy"]
+
+# How the plots and tables name the metrics.
+METRIC_LABELS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
@@ -67,6 +74,19 @@ def default_cost(results: Mapping) -> str:
   return results.get("pareto_cost") or results.get("search_cost") or "size"
 
 
+def default_metric(results: Mapping) -> str:
+  """The metric that chooses a sweep's front: ``results['pareto_metric']``.
+
+  Args:
+    results: a sweep's results (the content of ``results.json``).
+
+  Returns:
+    ``results['pareto_metric']``; ``'test_acc'`` for results written before it was recorded
+    (what chose their fronts then).
+  """
+  return results.get("pareto_metric") or "test_acc"
+
+
 def front_of_results(results: Mapping, cost: Optional[str] = None,
                      metric: Optional[str] = None) -> List[Dict[str, Any]]:
   """The front of a sweep's results as rows ``{member, lambda, cost, accuracy, ...}``.
@@ -79,16 +99,17 @@ def front_of_results(results: Mapping, cost: Optional[str] = None,
       ``member``, ``lambda``, ``seed``, ``costs_argmax`` and the metric), optionally
       ``pareto_cost``, ``search_cost``, ``pareto_metric`` and ``cost_units``.
     cost: name of the cost in each member's ``costs_argmax`` (default: :func:`default_cost`).
-    metric: the member key of the accuracy (default: ``results['pareto_metric']``, else
-      ``'test_acc'``).
+    metric: the member key of the accuracy that chooses the front (default:
+      :func:`default_metric`).
 
   Returns:
     One dict per front member, sorted by cost: ``member``, ``lambda``, ``seed``, ``cost``,
-    ``cost_name``, ``unit`` (``''`` when ``cost_units`` has none), ``accuracy`` (the metric's
-    value), ``metric``, ``val_acc`` and ``test_acc`` (None when the member has none).
+    ``cost_name``, ``unit`` (``''`` when ``cost_units`` has none), ``accuracy`` (the choosing
+    metric's value), ``metric`` (its name), ``val_acc`` and ``test_acc`` (None when the member
+    has none).
   """
   cost = cost or default_cost(results)
-  metric = metric or results.get("pareto_metric", "test_acc")
+  metric = metric or default_metric(results)
   members = [m for m in results["members"] if is_healthy(m)]
   pts = [(m["costs_argmax"].get(cost), m.get(metric)) for m in members]
   rows = []
@@ -103,20 +124,22 @@ def front_of_results(results: Mapping, cost: Optional[str] = None,
 
 def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
                metric: Optional[str] = None) -> None:
-  """Scatter of every member and the front line, saved to ``path`` (PNG).
+  """Scatter of every member and the front line, saved to ``path`` and as a vector ``.pdf``.
 
-  Every non-failed member with both a metric value and an argmax cost is plotted (accuracy in %,
-  log cost axis, each point labelled with its lambda); the front of :func:`front_of_results` is
-  drawn as a step line. Uses matplotlib's Agg backend (no display needed).
+  The y axis is the test accuracy (the validation accuracy when a member has no test value),
+  whichever metric chose the front: the front is the points chosen on ``metric`` (the
+  validation accuracy by default), drawn through their test accuracies in cost order and named in
+  the legend and the title. Sizes are shown in kB; every member is labelled with its lambda,
+  offset so that neighbouring labels do not collide, in a notation that tells the lambdas apart.
+  Uses matplotlib's Agg backend (no display needed).
 
   Args:
-    results: a sweep's results (see :func:`front_of_results`); ``name``, ``model`` and
-      ``dataset`` make the title.
-    path: the image file to write (the format follows its extension; ``pareto.png`` in
-      :func:`write_results`).
+    results: a sweep's results (see :func:`front_of_results`); ``name``, ``model``,
+      ``dataset`` and ``method`` make the title.
+    path: the image file to write (``pareto.png`` in :func:`write_results`); a ``.pdf`` copy is
+      written beside it.
     cost: the cost on the x axis (default: :func:`default_cost`).
-    metric: the member key of the accuracy (default: ``results['pareto_metric']``, else
-      ``'test_acc'``).
+    metric: the metric that chooses the front (default: :func:`default_metric`).
 
   Returns:
     None; the figure is written to ``path``.
@@ -129,29 +152,70 @@ def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel,unused-import
   cost = cost or default_cost(results)
-  metric = metric or results.get("pareto_metric", "test_acc")
+  metric = metric or default_metric(results)
   unit = results.get("cost_units", {}).get(cost, "")
-  ok = [m for m in results["members"] if not m.get("failed") and m.get(metric) is not None
+  shown = "test_acc" if any(m.get("test_acc") is not None for m in results["members"]) else metric
+  scale, unit_label = (1 / 8000, "kB") if unit == "bits" else (1.0, unit)
+  ok = [m for m in results["members"] if not m.get("failed") and m.get(shown) is not None
         and m["costs_argmax"].get(cost) is not None]
   front = front_of_results(results, cost, metric)
-  fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-  ax.scatter([m["costs_argmax"][cost] for m in ok], [100 * m[metric] for m in ok], s=18,
-             c="0.6", label="members")
-  for m in ok:
-    ax.annotate(f"{m['lambda']:.0e}", (m["costs_argmax"][cost], 100 * m[metric]), fontsize=6,
-                xytext=(2, 2), textcoords="offset points", color="0.4")
-  ax.step([r["cost"] for r in front], [100 * r["accuracy"] for r in front], where="post",
-          color="C0", marker="o", label="Pareto front")
+  by_member = {m["member"]: m for m in results["members"]}
+  fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+  xs = [scale * m["costs_argmax"][cost] for m in ok]
+  ys = [100 * m[shown] for m in ok]
+  ax.scatter(xs, ys, s=18, c="0.6", label="members", zorder=2)
+  labels = lambda_labels([m["lambda"] for m in ok])
+  # Alternate the label offsets of members sorted by cost so that neighbours do not overlap.
+  order = sorted(range(len(ok)), key=lambda i: (xs[i], ys[i]))
+  for rank, i in enumerate(order):
+    dy = (4, -9, 12, -17)[rank % 4]
+    ax.annotate(labels[i], (xs[i], ys[i]), fontsize=6, xytext=(3, dy), textcoords="offset points",
+                color="0.35")
+  fx = [scale * r["cost"] for r in front]
+  fy = [100 * by_member[r["member"]].get(shown, r["accuracy"]) for r in front]
+  sel = METRIC_LABELS.get(metric, metric)
+  ax.plot(fx, fy, color="C0", marker="o", label=f"Pareto front (chosen on {sel})", zorder=3)
   ax.set_xscale("log")
-  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # overlapping minor labels
-  ax.set_xlabel(f"{cost} ({unit})" if unit else cost)
-  ax.set_ylabel(f"{metric} (%)")
-  ax.set_title(f"{results.get('name', '')}: {results.get('model', '')} on {results.get('dataset', '')}")
+  plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+  ax.xaxis.set_major_formatter(plain)
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+      lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
+  ax.tick_params(axis="x", which="minor", labelsize=7)
+  xname = "size" if cost == "size" else cost
+  ax.set_xlabel(f"{xname} ({unit_label})" if unit_label else xname)
+  ax.set_ylabel(f"{METRIC_LABELS.get(shown, shown)} (%)")
+  method = results.get("method") or ""
+  title = f"{results.get('model', '')} on {results.get('dataset', '')}"
+  if method:
+    title += f", {method}"
+  ax.set_title(f"{title}: {METRIC_LABELS.get(shown, shown)} vs {xname}\n"
+               f"({results.get('name', '')}, front points chosen on {sel})", fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(loc="lower right")
+  ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(path)
+  fig.savefig(os.path.splitext(path)[0] + ".pdf")
   plt.close(fig)
+
+
+def lambda_labels(lams: Sequence[float]) -> List[str]:
+  """Short labels of lambdas that tell every distinct value apart.
+
+  The fewest significant digits (1 to 4) with which distinct lambdas get distinct labels; 0 is
+  ``0``.
+
+  Args:
+    lams: the lambdas.
+
+  Returns:
+    One label per lambda, e.g. ``['0', '1e-05', '1.5e-05']``.
+  """
+  distinct = sorted(set(float(l) for l in lams))
+  for digits in range(1, 5):
+    fmt = lambda v: "0" if v == 0 else f"{v:.{digits}g}"
+    if len({fmt(v) for v in distinct}) == len(distinct):
+      return [fmt(float(l)) for l in lams]
+  return [repr(float(l)) for l in lams]
 
 
 def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
@@ -171,8 +235,8 @@ def write_results(workdir: str, results: Mapping) -> List[Dict[str, Any]]:
   write_json_atomic(os.path.join(workdir, "results.json"), results)
   front = front_of_results(results)
   write_json_atomic(os.path.join(workdir, "pareto.json"),
-              {"cost": default_cost(results), "metric": results.get("pareto_metric", "test_acc"),
-               "front": front})
+              {"cost": default_cost(results), "metric": default_metric(results),
+               "selected_on": default_metric(results), "front": front})
   with open(os.path.join(workdir, "pareto.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["member", "lambda", "seed", "cost_name", "cost", "unit", "accuracy", "val_acc",
@@ -242,13 +306,13 @@ def format_front(results: Mapping, cost: Optional[str] = None) -> str:
   Args:
     results: a sweep's results (see :func:`front_of_results`).
     cost: the cost column and the front's cost (default: :func:`default_cost`); the front's
-      metric is ``results['pareto_metric']`` (else ``'test_acc'``).
+      metric is :func:`default_metric`.
 
   Returns:
     The table as one string, newline-separated.
   """
   cost = cost or default_cost(results)
-  metric = results.get("pareto_metric", "test_acc")
+  metric = default_metric(results)
   unit = results.get("cost_units", {}).get(cost, "")
   on = {r["member"] for r in front_of_results(results, cost, metric)}
   hdr = f"{'':1} {'member':>6} {'lambda':>9} {'seed':>5} {cost + ' [' + unit + ']':>18} " \
@@ -260,7 +324,9 @@ def format_front(results: Mapping, cost: Optional[str] = None) -> str:
     rows.append(f"{'*' if m['member'] in on else ' '} {m['member']:>6} {m['lambda']:>9.2e} "
                 f"{m['seed']:>5} {('-' if c is None else f'{c:,.0f}'):>18} {fmt(m.get('val_acc')):>8} "
                 f"{fmt(m.get('test_acc')):>8}  {m.get('status', 'ok')}")
-  rows.append(f"* = on the Pareto front ({len(on)} points); strategy {results.get('strategy')}")
+  leak = " (the test set chose it: optimistic)" if metric == "test_acc" else ""
+  rows.append(f"* = on the Pareto front ({len(on)} points), chosen on "
+              f"{METRIC_LABELS.get(metric, metric)}{leak}; strategy {results.get('strategy')}")
   return "\n".join(rows)
 
 

@@ -56,7 +56,8 @@ def exact_div(x: jax.Array, c: float) -> jax.Array:
   """
   x = jnp.asarray(x)
   c = jnp.broadcast_to(jnp.asarray(c, dtype=x.dtype), x.shape)
-  return x / jax.lax.optimization_barrier(c)
+  # _true_div: also a true division when vmapped over sweep members (see there).
+  return _true_div(x, jax.lax.optimization_barrier(c))
 
 
 def _channel_absmax(w: jax.Array) -> jax.Array:
@@ -162,6 +163,68 @@ def _check_activation_bits(bits, fn: str) -> None:
     raise ValueError(f"{fn} needs bits > 0, got {bits}")
 
 
+@jax.custom_batching.custom_vmap
+def _true_div(q: jax.Array, c: jax.Array) -> jax.Array:
+  """``q / c`` (``c`` broadcastable to ``q``), a true IEEE division also when vmapped.
+
+  Unbatched this is plain ``q / c``: XLA keeps the division of an array by a broadcast scalar
+  (or by an array behind an optimisation barrier, :func:`exact_div`) a true division. Batched
+  (``jax.vmap`` over sweep members, each with its own clip and temperature), the same expression
+  divides by a broadcast *vector* of per-member values (or by a constant broadcast over the new
+  member axis), which XLA rewrites into a multiplication by the reciprocal: one ulp off for many
+  elements, enough to move the rounding ties of the quantizers, so that the ``vmap`` strategy
+  trained other trajectories than ``loop`` from the first step on (``benchmarks/agreement.py``).
+  The batching rule divides by ``c`` broadcast to the full batched shape behind an optimisation
+  barrier, which XLA keeps a true division. The unbatched program is unchanged.
+  """
+  return q / c
+
+
+@_true_div.def_vmap
+def _true_div_vmap(axis_size, in_batched, q, c):
+  q_batched, c_batched = in_batched
+  if not q_batched:
+    q = jnp.broadcast_to(q, (axis_size,) + q.shape)
+  if c_batched:  # (M, *S_c): align S_c to the right of q's per-member shape
+    c = c.reshape(c.shape[:1] + (1,) * (q.ndim - c.ndim) + c.shape[1:])
+  cc = jnp.broadcast_to(c, q.shape)
+  return q / jax.lax.optimization_barrier(cc), True
+
+
+@jax.custom_vjp
+def div_by_scalar(q: jax.Array, k: jax.Array) -> jax.Array:
+  """``q / k`` for a scalar ``k``: one true float32 division per element, vmapped or not.
+
+  :func:`exact_div` with the gradient of ``q / k`` (``g / k`` and ``-sum(g * q / k) / k``), with
+  the same true divisions: XLA may compile plain ``q / k`` into a multiplication by the
+  reciprocal (one ulp off for many elements), in a single-member program or, more often, inside
+  ``jax.vmap`` over the members of a sweep (each with its own ``k``); with this the ``loop`` and
+  ``vmap`` strategies compute the same temperature softmaxes, as torch's division does.
+
+  Args:
+    q: array.
+    k: scalar divisor.
+
+  Returns:
+    ``q / k``.
+  """
+  return exact_div(q, k)
+
+
+def _div_by_scalar_fwd(q, k):
+  out = exact_div(q, k)
+  return out, (out, k)
+
+
+def _div_by_scalar_bwd(res, g):
+  out, k = res
+  gk = exact_div(-jnp.sum(g * out), k)
+  return exact_div(g, k), gk.reshape(jnp.shape(k)).astype(jnp.result_type(k))
+
+
+div_by_scalar.defvjp(_div_by_scalar_fwd, _div_by_scalar_bwd)
+
+
 # Jitted so that applied op by op (eagerly) the final ``/ k`` is the true float32 division it is
 # inside a jitted step: alone, XLA compiles ``q / broadcast(k)`` into ``q * broadcast(1 / k)``, one
 # ulp off for many elements (a later rounding tie then moves). Inside a jitted step this call is
@@ -169,7 +232,7 @@ def _check_activation_bits(bits, fn: str) -> None:
 @jax.jit
 def _pact_forward(x, clip, bits):
   k = (2.0**bits - 1.0) / (clip + PACT_EPS)
-  return jnp.floor(k * jnp.clip(x, 0.0, clip)) / k
+  return _true_div(jnp.floor(k * jnp.clip(x, 0.0, clip)), k)
 
 
 @jax.custom_vjp
@@ -215,7 +278,7 @@ def pact(x: jax.Array, clip: jax.Array, bits: int) -> jax.Array:
 @jax.jit  # see _pact_forward
 def _pact_signed_forward(x, inf, sup, bits):
   k = (2.0**bits - 1.0) / (sup - inf + PACT_EPS)
-  return jnp.floor(k * jnp.clip(x, inf, sup)) / k
+  return _true_div(jnp.floor(k * jnp.clip(x, inf, sup)), k)
 
 
 @jax.custom_vjp

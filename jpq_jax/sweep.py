@@ -30,6 +30,7 @@ epoch and phase boundary), ``warmup/`` (the float model, reusable by other runs)
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -102,11 +103,21 @@ def base_config() -> ml_collections.ConfigDict:
       :func:`jpq_jax.train.make_train_step`).
     warmup / search / finetune: ``epochs``, ``optimizer`` (``adam``/``sgd``, lr, wd, momentum,
       nesterov), ``schedule`` (see :func:`jpq_jax.train.lr_factor`); warm-up ``checkpoint`` (a
-      ``warmup/`` directory of an earlier run to reuse); search ``arch_optimizer``, ``cost``,
-      ``temperature``, ``temperature_decay``, ``sampling``, ``incremental_strength``.
+      ``warmup/`` directory of an earlier run to reuse) and ``train_size`` (jpq's option, 0 = off:
+      the float warm-up trains on a seeded subset of this many examples of the *whole* training
+      split, before ``data.options.train_size``, so a reduced protocol can afford a well-trained
+      float model and search on fewer images; the subset of the other phases is a subset of it);
+      search ``arch_optimizer``, ``cost``, ``temperature``, ``temperature_decay``,
+      ``final_temperature`` (jpq's option, 0 = off: the per-epoch decay is derived from the
+      search length so that the temperature after the last search epoch is this value, as the
+      reference rescales the decay for its shorter Tiny ImageNet / ImageNet schedules; it replaces
+      ``temperature_decay``, see :func:`temperature_decay_of`), ``sampling``,
+      ``incremental_strength``.
     sweep: ``lambdas``, ``seeds`` (members = lambdas x seeds), ``strategy``, ``data_devices``
       (size of the mesh's ``data`` axis for ``sharded``), ``checkpoint_keep``, ``async_checkpoint``,
-      ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric``,
+      ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric`` (the
+      accuracy that chooses the front's points: ``val_acc``, the default, or ``test_acc``, the
+      explicit choice that lets the test set pick them; the test accuracy is reported either way),
       ``xla_options`` (``auto``: jpq's XLA options for the backend, see :mod:`jpq_jax.compiler`;
       ``default``: XLA's own), ``member_chunk`` (``vmap``: run the members this many at a time,
       each chunk one vmapped program, so that fewer members' activations are alive at once; 0: all
@@ -141,11 +152,12 @@ def base_config() -> ml_collections.ConfigDict:
       class_weights=False, label_smoothing=0.0, remat="none"))
   c.warmup = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)),
-      checkpoint=""))
+      checkpoint="", train_size=0))
   c.search = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), arch_optimizer=_opt("sgd", 1e-2, 0.0, 0.9),
       schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)), cost="size",
-      temperature=1.0, temperature_decay=0.045, sampling="softmax", incremental_strength=False))
+      temperature=1.0, temperature_decay=0.045, final_temperature=0.0, sampling="softmax",
+      incremental_strength=False))
   c.finetune = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(),
       schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))
@@ -160,7 +172,7 @@ def base_config() -> ml_collections.ConfigDict:
           schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))))
   c.sweep = ml_collections.ConfigDict(dict(
       lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
-      async_checkpoint=True, pareto_cost="", pareto_metric="test_acc", xla_options="auto",
+      async_checkpoint=True, pareto_cost="", pareto_metric="val_acc", xla_options="auto",
       member_chunk=0))
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
                                                  coordinator_bind_address="", num_processes=1,
@@ -194,6 +206,28 @@ def demo_config() -> ml_collections.ConfigDict:
   c.pit.strength = 1e-4  # the demo network has ~9.7k weights: lambda * weights ~ 1 at full width
   c.sweep.lambdas = (0.0, 1e-5, 3e-5, 6e-5, 1e-4, 1.5e-4, 2.2e-4, 2.7e-4, 3.3e-4, 4e-4)
   return c
+
+
+def temperature_decay_of(cfg) -> float:
+  """The per-epoch temperature decay of a config's search phase: ``T <- T * exp(-decay)``.
+
+  ``search.temperature_decay`` (the reference's 0.045 per epoch, meant for 500 epochs), unless
+  ``search.final_temperature`` is set (> 0): then the decay that takes ``search.temperature``
+  to it over ``search.epochs`` epochs, ``ln(T0 / T_final) / epochs`` (the reference's own rescaling
+  for shorter schedules, METHOD.md §2.4: Tiny ImageNet keeps the 500-epoch final temperature
+  over 50 epochs).
+
+  Args:
+    cfg: a sweep config (dict or ConfigDict).
+
+  Returns:
+    The decay per search epoch.
+  """
+  s = cfg["search"]
+  ft = float(s.get("final_temperature", 0.0) or 0.0)
+  if ft > 0:
+    return math.log(float(s["temperature"]) / ft) / max(1, int(s["epochs"]))
+  return float(s["temperature_decay"])
 
 
 def _field_error(field: str, msg: str) -> ConfigError:
@@ -398,6 +432,16 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     raise _field_error("search.epochs", "the search needs at least one epoch")
   if not cfg.search.temperature > 0:
     raise _field_error("search.temperature", f"must be > 0, got {cfg.search.temperature}")
+  ft = cfg.search.get("final_temperature", 0.0)
+  if not isinstance(ft, (int, float)) or not math.isfinite(ft) or ft < 0:
+    raise _field_error("search.final_temperature", f"must be a number >= 0 (0: off), got {ft!r}")
+  if ft and not ft < cfg.search.temperature:
+    raise _field_error("search.final_temperature", f"{ft} must be below the initial temperature "
+                       f"search.temperature={cfg.search.temperature} (the temperature anneals)")
+  wts = cfg.warmup.get("train_size", 0)
+  if isinstance(wts, bool) or not isinstance(wts, int) or wts < 0:
+    raise _field_error("warmup.train_size", f"a number of training examples >= 0 (0: the run's "
+                       f"training split), got {wts!r}")
   bs = int(cfg.train.batch_size)
   if bs <= 0:
     raise _field_error("train.batch_size", f"must be > 0, got {bs}")
@@ -449,7 +493,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
 # Config fields a run may change when it resumes in the same work directory (see validate_config).
 RESUME_MAY_CHANGE = ("sweep.strategy", "sweep.data_devices", "sweep.xla_options",
                      "sweep.member_chunk", "model.activation_mixture", "sweep.async_checkpoint",
-                     "sweep.checkpoint_keep",
+                     "sweep.checkpoint_keep", "sweep.pareto_metric",
                      "train.eval_batch_size", "train.remat", "data.data_dir", "debug",
                      "distributed")
 
@@ -1156,6 +1200,7 @@ class Sweep:
     self.members = members_of(self.cfg)
     self.n = len(self.members)
     self.dataset = dataset
+    self._given_dataset = dataset is not None
 
   # -- setup --
   def _setup(self):
@@ -1310,7 +1355,7 @@ class Sweep:
                              remat=str(cfg.train.get("remat", "none")))
     evaluate = T.make_eval_step(self.model, phase, class_weights=self.cw)
     start = T.earlystop_start(int(pc.epochs), int(cfg.train.earlystop_start))
-    decay = float(cfg.search.temperature_decay) if phase == "search" else 0.0
+    decay = temperature_decay_of(cfg) if phase == "search" else 0.0
     patience = int(cfg.train.patience)
     end = lambda s, m: T.end_epoch(s, m, start=start, patience=patience, temperature_decay=decay)
     return tx, step, evaluate, end
@@ -1563,30 +1608,58 @@ class Sweep:
         ex.map(T.restore_best)
         final = ex.stacked()
         results = self._results(ex, final)
-        fin = {"params": final.params["params"], "precision": final.extra["precision"]}
-        fin = jax.tree_util.tree_map(lambda a: _host(a)[:self.n], fin)
-        ckpt_lib.save_tree(os.path.join(self.workdir, "final"), fin)  # on every process (Orbax)
+        self._write_final(final)
         log.write_final(results, base_f + e_f + 1)
         self._meta = dict(self._meta, phase="done", epoch=0)
         self._save(base_f + e_f + 1, final, self._meta)
       elif phase != "pit_done":  # already done: the results from the files
         results = self._read_results()
+        final, ex = None, None
         if results is None:  # missing or damaged: evaluate the final checkpoint again
           self._resume_strategy()
           final = self._restore_members(step, self._finetune_template())
           _, ex = self._make_ex("finetune", self.n_pad)
           ex.set_states(final)
           results = self._results(ex, final)
+        why = self._final_damage()
+        if why is not None:  # final/ missing or damaged: rebuilt from the "done" checkpoint
+          if self.is_main:
+            print(f"jpq sweep: {why}: rebuilding it from checkpoint step {step}", file=sys.stderr)
+          if final is None:
+            self._resume_strategy()
+            final = self._restore_members(step, self._finetune_template())
+          self._write_final(final)
     finally:
       self.ckpt.close()
       log.close()
     if self.is_main:
       from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+      # The metric that chooses the front changes no training: a rerun may choose it anew (runs of
+      # jpq before 2026-12-01 chose on test accuracy by default; their rerun chooses on validation).
+      results["pareto_metric"] = str(cfg.sweep.pareto_metric)
       annotate_status(results, os.path.join(self.workdir, "metrics.jsonl"))
       pareto.write_results(self.workdir, results)
     return results
 
   # -- pieces --
+  def _write_final(self, final) -> None:
+    """``final/``: the fine-tuned members' weights and precisions (what restore_member reads)."""
+    fin = {"params": final.params["params"], "precision": final.extra["precision"]}
+    fin = jax.tree_util.tree_map(lambda a: _host(a)[:self.n], fin)
+    ckpt_lib.save_tree(os.path.join(self.workdir, "final"), fin)  # on every process (Orbax)
+
+  def _final_damage(self) -> Optional[str]:
+    """Why ``final/`` cannot be trusted (missing, no manifest, damaged), or None when it can."""
+    d = os.path.join(self.workdir, "final")
+    if not os.path.isdir(d):
+      return f"{d} is missing"
+    try:
+      if ckpt_lib.verify_manifest(d) is None:
+        return f"{d} has no manifest (unverifiable)"
+    except ckpt_lib.CheckpointCorruptError as e:
+      return f"{d} is damaged ({str(e).replace(d + ': ', '')})"
+    return None
+
   def _write_run_record(self) -> None:
     """Write ``config.json``: the run's config, versions and command; a resume appends to it.
 
@@ -1681,15 +1754,48 @@ class Sweep:
     _, ex = self._make_ex("warmup", 1, "loop")
     ex.set_states(template_states)
     n_real, self.n = self.n, 1
+    loader_real, steps_real = self.train_loader, self.steps
     try:
       if int(cfg.warmup.epochs) > 0:
+        if int(cfg.warmup.get("train_size", 0) or 0):
+          self.train_loader = self._warmup_loader()
+          self.steps = self.train_loader.steps_per_epoch
+          if cfg.debug.max_steps_per_epoch:
+            self.steps = min(self.steps, int(cfg.debug.max_steps_per_epoch))
         self._run_phase("warmup", ex, start_epoch, 0, self._meta, log)
     finally:
       self.n = n_real
+      self.train_loader, self.steps = loader_real, steps_real
     ex.map(T.restore_best)
     st = ex.states[0]
     self._meta = dict(self._meta, warmup_best_epoch=int(st.best_epoch))
     return {**st.params, **st.extra}
+
+  def _warmup_loader(self):
+    """The warm-up's loader with ``warmup.train_size``: a seeded subset of the whole training split.
+
+    The dataset is loaded again without ``data.options.train_size``; the subset uses the same
+    seed and tag as the data options' one, and both take a prefix of one seeded permutation of
+    the split, so the other phases' (smaller) training subset is a subset of the warm-up's.
+    """
+    cfg = self.cfg
+    if self._given_dataset:
+      raise _field_error("warmup.train_size", "needs the dataset loaded by the sweep (data.name, "
+                         "data.options); with a dataset passed to run_sweep, give the warm-up "
+                         "split yourself and leave warmup.train_size at 0")
+    from jpq_jax.data.core import subset  # pylint: disable=import-outside-toplevel
+    full_cfg = copy.deepcopy(cfg.to_dict()) if hasattr(cfg, "to_dict") else copy.deepcopy(cfg)
+    full_cfg["data"]["options"] = {k: v for k, v in dict(full_cfg["data"].get("options") or {}).items()
+                                   if k != "train_size"}
+    full = load_dataset(full_cfg).train
+    n = int(cfg.warmup.train_size)
+    train = subset(full, n, int(cfg.seed), tag=1) if n < len(full) else full
+    if len(train) < int(cfg.train.batch_size):
+      raise _field_error("warmup.train_size", f"{n} examples is less than a batch "
+                         f"({cfg.train.batch_size})")
+    return self.loader_cls(train, int(cfg.train.batch_size), seed=int(cfg.seed), shuffle=True,
+                           augment=self.dataset.augment, drop_remainder=True, process_index=0,
+                           process_count=1)
 
   def _template_warmup(self, tx):
     v = self._float_template()
