@@ -230,6 +230,50 @@ def temperature_decay_of(cfg) -> float:
   return float(s["temperature_decay"])
 
 
+# Groups whose keys are free-form (a dataset's keyword options): not checked against the schema.
+_FREE_FORM_GROUPS = ("data.options",)
+
+
+def _check_schema(cfg) -> None:
+  """Every field of ``cfg`` must exist in :func:`base_config` (a typo would be ignored silently).
+
+  Raises:
+    ConfigError: naming the unknown field and the known ones at its level.
+  """
+  ref = base_config()
+
+  def walk(node, refnode, prefix):
+    if prefix in _FREE_FORM_GROUPS:
+      return
+    for k in node.keys():
+      path = f"{prefix}.{k}" if prefix else k
+      if k not in refnode:
+        raise _field_error(path, f"unknown field (a typo?); known {'fields' if not prefix else 'in ' + repr(prefix)}: "
+                           f"{sorted(refnode.keys())}")
+      sub, subref = node[k], refnode[k]
+      if isinstance(subref, (dict, ml_collections.ConfigDict)) and isinstance(
+          sub, (dict, ml_collections.ConfigDict)):
+        walk(sub, subref, path)
+
+  walk(cfg, ref, "")
+
+
+def _writable(directory: str) -> bool:
+  """Whether this process can create files in ``directory`` (False on a read-only filesystem or
+  without permission; a probe file, as ``os.access`` answers for root as if it could)."""
+  import errno  # pylint: disable=import-outside-toplevel
+  probe = os.path.join(directory, f".jpq_write_probe{os.getpid()}")
+  try:
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+    return True
+  except OSError as e:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+      return False
+    raise
+
+
 def _field_error(field: str, msg: str) -> ConfigError:
   return ConfigError(f"config field {field!r}: {msg}")
 
@@ -356,6 +400,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     ConfigError: naming the offending field.
   """
   from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  _check_schema(cfg)
   if "method" in cfg:
     _validate_method(cfg)
   s = cfg.sweep
@@ -430,6 +475,26 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
                          f"checkpoint; use {os.path.join(wc, 'warmup')!r}")
   if int(cfg.search.epochs) < 1:
     raise _field_error("search.epochs", "the search needs at least one epoch")
+  for ph, opt in (("search.arch_optimizer", cfg.search.arch_optimizer),
+                  ("pit.search.arch_optimizer", cfg.pit.search.arch_optimizer),
+                  ("pit.search.optimizer", cfg.pit.search.optimizer),
+                  ("pit.finetune.optimizer", cfg.pit.finetune.optimizer)):
+    if opt.name not in ("adam", "sgd"):
+      raise _field_error(f"{ph}.name", f"unknown optimizer {opt.name!r}")
+    if not opt.lr > 0:
+      raise _field_error(f"{ph}.lr", f"must be > 0, got {opt.lr}")
+  for ph in ("warmup", "search", "finetune"):
+    if float(cfg[ph].optimizer.get("wd", 0.0)) < 0:
+      raise _field_error(f"{ph}.optimizer.wd", f"must be >= 0, got {cfg[ph].optimizer.wd}")
+  td = cfg.search.temperature_decay
+  if not isinstance(td, (int, float)) or not math.isfinite(td) or td < 0:
+    raise _field_error("search.temperature_decay", f"must be a number >= 0 (T <- T exp(-decay) "
+                       f"per epoch; 0 keeps T), got {td!r}")
+  if int(cfg.train.patience) < 1:
+    raise _field_error("train.patience", f"must be >= 1 epoch, got {cfg.train.patience}")
+  if int(s.checkpoint_keep) < 1:
+    raise _field_error("sweep.checkpoint_keep", f"must keep >= 1 checkpoint step (2 lets a damaged "
+                       f"newest step fall back to the one before), got {s.checkpoint_keep}")
   if not cfg.search.temperature > 0:
     raise _field_error("search.temperature", f"must be > 0, got {cfg.search.temperature}")
   ft = cfg.search.get("final_temperature", 0.0)
@@ -1079,11 +1144,28 @@ class _Log:
       return
     if os.path.exists(self.path):
       # Resume: drop the lines of epochs that ran after the restored checkpoint.
+      # A line that does not parse (the torn last line a kill during its write leaves) is
+      # dropped with a warning: its epoch is after the restored checkpoint and is trained again.
+      keep, torn = [], []
       with open(self.path) as f:
-        lines = [l for l in f if l.strip()]
-      keep = [l for l in lines if keep_until is not None and json.loads(l).get("ckpt", -1) <= keep_until]
-      with open(self.path, "w") as f:
+        for n, line in enumerate(f, 1):
+          if not line.strip():
+            continue
+          try:
+            rec = json.loads(line)
+          except ValueError:
+            torn.append(n)
+            continue
+          if keep_until is not None and rec.get("ckpt", -1) <= keep_until:
+            keep.append(line if line.endswith("\n") else line + "\n")
+      if torn:
+        print(f"jpq sweep: {self.path}: dropped {len(torn)} unreadable line(s) (line "
+              f"{', '.join(map(str, torn))}: a write cut short); their epochs are trained again "
+              "from the checkpoint", file=sys.stderr)
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
         f.writelines(keep)
+      os.replace(tmp, self.path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._writer_cls = SummaryWriter
@@ -1502,6 +1584,8 @@ class Sweep:
     cfg = self.cfg
     validate_config(self.raw_cfg, self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
+    if not _writable(self.workdir):
+      return self._read_only_results()
     self._setup()
     # Every process has read the work directory (validate_config, checkpoints) before process 0
     # rewrites config.json.
@@ -1642,6 +1726,20 @@ class Sweep:
     return results
 
   # -- pieces --
+  def _read_only_results(self) -> Dict[str, Any]:
+    """A finished run in a work directory this process cannot write: its results, read back."""
+    from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
+    try:
+      results = pareto.load_results(self.workdir)
+    except (FileNotFoundError, ValueError) as e:
+      raise OSError(30, f"the work directory {self.workdir} is read-only and holds no readable "
+                    f"finished run ({str(e).split(';')[0]}); copy it to a writable place to resume "
+                    "it there") from None
+    if self.is_main:
+      print(f"jpq sweep: {self.workdir} is read-only: the finished run's results are read back, "
+            "nothing is written", file=sys.stderr)
+    return results
+
   def _write_final(self, final) -> None:
     """``final/``: the fine-tuned members' weights and precisions (what restore_member reads)."""
     fin = {"params": final.params["params"], "precision": final.extra["precision"]}

@@ -196,3 +196,33 @@ def test_disk_full_is_one_line_and_keeps_earlier_steps(tmp_path, cfg_path, capsy
   monkeypatch.setenv("JPQ_TRACEBACK", "1")
   assert C.storage_error(ValueError("x")) is None
   assert "read-only" in C.storage_error(OSError(30, "Read-only file system", "/x"))
+
+
+def test_torn_metrics_line_is_dropped_with_a_warning(killed, reference, tmp_path, capsys):
+  """A kill during a metrics.jsonl write leaves a torn last line: the resume drops it, says so,
+  and finishes bit for bit as the reference (the epoch is after the checkpoint: trained again)."""
+  wd = str(tmp_path / "run")
+  shutil.copytree(killed, wd)
+  with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
+    f.write('{"phase": "search", "epoch": 2, "ckpt": 6, "lr_factor": 0.98, "tempera')
+  capsys.readouterr()
+  sweep.run_sweep(H.tiny_config(), wd, progress=False)
+  assert "dropped 1 unreadable line" in capsys.readouterr().err
+  diffs = _differences(_snapshot(wd), reference[1])
+  assert not diffs, diffs[:6]
+
+
+def test_finished_run_on_a_read_only_directory_reads_its_results(reference, tmp_path,
+                                                                  monkeypatch, capsys):
+  wd = str(tmp_path / "ro")
+  shutil.copytree(reference[0], wd)
+  before = {f: os.path.getmtime(os.path.join(wd, f)) for f in ("results.json", "config.json")}
+  monkeypatch.setattr(sweep, "_writable", lambda d: False)
+  res = sweep.run_sweep(H.tiny_config(), wd, progress=False)
+  assert "is read-only" in capsys.readouterr().err
+  assert len(res["members"]) == len(reference[1]["members"])
+  assert before == {f: os.path.getmtime(os.path.join(wd, f)) for f in before}
+  empty = str(tmp_path / "ro_empty")
+  os.makedirs(empty)
+  with pytest.raises(OSError, match="read-only and holds no readable finished run"):
+    sweep.run_sweep(H.tiny_config(), empty, progress=False)

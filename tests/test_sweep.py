@@ -178,6 +178,13 @@ def test_restore_member(loop3):
     ("sweep.strategy", "warp", "sweep.strategy"),
     ("train.monitor", "f1", "train.monitor"),
     ("sweep.member_chunk", -2, "sweep.member_chunk"),
+    ("search.arch_optimizer.lr", -1.0, "search.arch_optimizer.lr"),
+    ("search.temperature_decay", -5.0, "search.temperature_decay"),
+    ("search.final_temperature", 2.0, "search.final_temperature"),
+    ("search.final_temperature", -0.1, "search.final_temperature"),
+    ("train.patience", -1, "train.patience"),
+    ("sweep.checkpoint_keep", 0, "sweep.checkpoint_keep"),
+    ("warmup.train_size", -3, "warmup.train_size"),
 ])
 def test_invalid_config_names_field(field, value, match):
   c = H.tiny_config()
@@ -188,6 +195,31 @@ def test_invalid_config_names_field(field, value, match):
   node[leaf] = value
   with pytest.raises(sweep.ConfigError, match=match.replace(".", r"\.")):
     sweep.validate_config(c)
+
+
+def test_unknown_config_field_is_refused():
+  """A field the schema does not have (a typo in a config file) names itself and the known ones."""
+  c = H.tiny_config()
+  c.serch = {"epochs": 3}
+  with pytest.raises(sweep.ConfigError, match=r"'serch'.*unknown field.*'search'"):
+    sweep.validate_config(c)
+  c = H.tiny_config()
+  c.search.epoch = 3
+  with pytest.raises(sweep.ConfigError, match=r"'search.epoch'.*known in 'search'.*'epochs'"):
+    sweep.validate_config(c)
+  c = H.tiny_config()
+  with c.data.options.unlocked():
+    c.data.options.anything = 1  # free-form: the dataset checks its own options
+  sweep.validate_config(c)
+
+
+def test_final_temperature_sets_the_decay():
+  c = H.tiny_config()
+  assert sweep.temperature_decay_of(c) == c.search.temperature_decay
+  c.search.final_temperature = 0.01
+  c.search.epochs = 10
+  np.testing.assert_allclose(sweep.temperature_decay_of(c), np.log(100.0) / 10)
+  np.testing.assert_allclose(np.exp(-10 * sweep.temperature_decay_of(c)), 0.01, rtol=1e-12)
 
 
 def test_batch_not_divisible_by_devices():

@@ -32,6 +32,9 @@ def _fixtures(tmp):
     f.write("not a directory\n")
   with open(os.path.join(tmp, "getraises.py"), "w") as f:
     f.write("def get_config():\n  return 1 / 0\n")
+  with open(os.path.join(tmp, "typo.py"), "w") as f:
+    f.write("from jpq_jax.sweep import demo_config\n\ndef get_config():\n  c = demo_config()\n"
+            "  c.serch = {'epochs': 3}\n  return c\n")
   with open(os.path.join(tmp, "getdict.py"), "w") as f:
     f.write("def get_config():\n  return {'name': 'x'}\n")
   os.makedirs(os.path.join(tmp, "cfgdir"))
@@ -89,6 +92,15 @@ CLI_ROWS = [
     ("batch larger than the training split", _sweep("train.batch_size=100000"),
      "'train.batch_size': 100000 is larger than the training split"),
     ("zero temperature", _sweep("search.temperature=0"), "search.temperature"),
+    ("config file sets an unknown field", _config("typo.py"), "'serch': unknown field"),
+    ("negative arch learning rate", _sweep("search.arch_optimizer.lr=-1"),
+     "search.arch_optimizer.lr"),
+    ("negative temperature decay", _sweep("search.temperature_decay=-5"),
+     "search.temperature_decay"),
+    ("final temperature above the initial", _sweep("search.final_temperature=3"),
+     "search.final_temperature"),
+    ("negative patience", _sweep("train.patience=-1"), "train.patience"),
+    ("no checkpoint kept", _sweep("sweep.checkpoint_keep=0"), "sweep.checkpoint_keep"),
     ("unknown optimizer", _sweep("warmup.optimizer.name=rmsprop"), "warmup.optimizer.name"),
     ("unknown strategy", _sweep("sweep.strategy=warp"), "sweep.strategy"),
     ("unknown XLA options", _sweep("sweep.xla_options=fastest"), "sweep.xla_options"),
