@@ -372,7 +372,10 @@ class SweepCheckpointer:
       multihost_utils.sync_global_devices("jpq_checkpoint_verified")
     # The manifest is part of the commit: written by Orbax's background thread right after it
     # finalizes the step, not when the next save starts (a whole epoch later).
-    async_opts = ocp.AsyncOptions(post_finalization_callback=self._write_manifests)
+    # (Synchronous saves write it themselves before save() returns; Orbax takes the callback only
+    # with its asynchronous checkpointer.)
+    async_opts = (ocp.AsyncOptions(post_finalization_callback=self._write_manifests)
+                  if self.async_save else None)
     options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1),
                                            enable_async_checkpointing=bool(async_save),
                                            create=True, async_options=async_opts)

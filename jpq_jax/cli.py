@@ -283,6 +283,9 @@ def _cmd_inspect(args, rest) -> int:
     print(table)
     return 0
   print(pareto.format_member(results, args.member))
+  if args.plot:
+    pareto.plot_member(results, args.member, args.plot)
+    print(f"heatmap of member {args.member}: {os.path.abspath(args.plot)} (and .pdf)")
   return 0
 
 
@@ -352,6 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--member", type=int, default=0)
   p.add_argument("--table", action="store_true", help="print the run's static layer table")
   p.add_argument("--model", default="", help="print a built-in model's layer table (no run needed)")
+  p.add_argument("--plot", default="", metavar="PNG",
+                 help="also write the member's layers x bit-widths heatmap to this image (+ .pdf)")
   p = sub.add_parser("export", help="export one member as a compact integer bundle")
   p.add_argument("workdir")
   p.add_argument("--member", type=int, default=0)

@@ -22,7 +22,8 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["pareto_front", "front_of_results", "write_results", "format_front", "format_member",
-           "plot_front", "load_results", "default_cost", "default_metric", "is_healthy"]
+           "plot_front", "plot_member", "load_results", "default_cost", "default_metric",
+           "is_healthy", "lambda_labels"]
 
 # How the plots and tables name the metrics.
 METRIC_LABELS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
@@ -191,7 +192,68 @@ def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
   ax.set_title(f"{title}: {METRIC_LABELS.get(shown, shown)} vs {xname}\n"
                f"({results.get('name', '')}, front points chosen on {sel})", fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(loc="lower right", fontsize=8)
+  ax.margins(x=0.08, y=0.08)  # room for the labels of the extreme points
+  ax.legend(loc="best", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  fig.savefig(os.path.splitext(path)[0] + ".pdf")
+  plt.close(fig)
+
+
+def plot_member(results: Mapping, k: int, path: str) -> None:
+  """Heatmap of one member's architecture: layers x weight bit-widths, channels in each cell.
+
+  One row per layer (in network order, named with its sharing group and activation bits), one
+  column per weight precision (0 = pruned); each cell shows how many of the layer's output
+  channels took that bit-width, coloured by the fraction of the layer's channels; a last column
+  gives the kept channels and the mean weight bits. Written to ``path`` and as a ``.pdf`` beside it.
+
+  Args:
+    results: a sweep's results (see :func:`format_member`).
+    k: index into ``results['members']``.
+    path: the image file to write.
+
+  Raises:
+    IndexError: ``k`` is not a member.
+    ImportError: matplotlib is not installed.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  ms = results["members"]
+  if not 0 <= k < len(ms):
+    raise IndexError(f"member {k} out of range: the sweep has {len(ms)} members (0..{len(ms) - 1})")
+  m = ms[k]
+  layers = list(m["layers"].items())
+  bits = sorted({int(b) for _, l in layers for b in l["w_bits_hist"]})
+  counts = np.array([[l["w_bits_hist"].get(str(b), 0) for b in bits] for _, l in layers], float)
+  frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  fig, ax = plt.subplots(figsize=(3.6 + 0.9 * len(bits), 1.6 + 0.32 * len(layers)), dpi=120)
+  im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+  for i in range(len(layers)):
+    for j in range(len(bits)):
+      c = int(counts[i, j])
+      if c:
+        ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                color="white" if frac[i, j] > 0.6 else "black")
+  ax.set_xticks(range(len(bits)), [("0 (pruned)" if b == 0 else f"{b} bit") for b in bits],
+                fontsize=8)
+  names = [f"{n} [{l['group']}, a{l.get('a_bits') or '-'}]" for n, l in layers]
+  ax.set_yticks(range(len(layers)), names, fontsize=7)
+  right = ax.secondary_yaxis("right")
+  right.set_yticks(range(len(layers)), [f"{l['kept']}/{l['cout']} kept, {l['mean_w_bits']:.2f} b"
+                                         for _, l in layers], fontsize=7)
+  size = m["costs_argmax"].get("size")
+  kb = f", {size / 8000:.2f} kB" if size is not None else ""
+  acc = m.get("test_acc")
+  ax.set_title(f"member {k}: lambda {m['lambda']:.3g}{kb}"
+               + (f", test acc {100 * acc:.2f}%" if acc is not None else "")
+               + f"\n{results.get('model', '')} on {results.get('dataset', '')}: output channels "
+               "per weight bit-width", fontsize=8)
+  cb = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.05, pad=0.12 + 0.4 / len(layers))
+  cb.set_label("fraction of the layer's output channels", fontsize=7)
+  cb.ax.tick_params(labelsize=7)
   fig.tight_layout()
   fig.savefig(path)
   fig.savefig(os.path.splitext(path)[0] + ".pdf")
@@ -201,8 +263,8 @@ def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
 def lambda_labels(lams: Sequence[float]) -> List[str]:
   """Short labels of lambdas that tell every distinct value apart.
 
-  The fewest significant digits (1 to 4) with which distinct lambdas get distinct labels; 0 is
-  ``0``.
+  Three significant digits (``3.5e-06``, not a rounded ``4e-06``), more where two distinct
+  lambdas would still share a label; 0 is ``0``.
 
   Args:
     lams: the lambdas.
@@ -211,7 +273,7 @@ def lambda_labels(lams: Sequence[float]) -> List[str]:
     One label per lambda, e.g. ``['0', '1e-05', '1.5e-05']``.
   """
   distinct = sorted(set(float(l) for l in lams))
-  for digits in range(1, 5):
+  for digits in range(3, 8):
     fmt = lambda v: "0" if v == 0 else f"{v:.{digits}g}"
     if len({fmt(v) for v in distinct}) == len(distinct):
       return [fmt(float(l)) for l in lams]

@@ -52,3 +52,30 @@ def test_cost_default_is_the_same_everywhere(tmp_path):
   assert doc["cost"] == "mpic" and doc["metric"] == "test_acc"
   assert "mpic" in pareto.format_front(r).splitlines()[0]
   assert pareto.default_cost({"members": []}) == "size"
+
+
+def test_front_chosen_on_validation_reports_test():
+  """The validation accuracy chooses the points (default), the test accuracy is reported beside:
+  a member best on test but not on validation is not on the front."""
+  res = _results()
+  res.pop("pareto_metric")
+  res["pareto_metric"] = "val_acc"
+  res["members"][2]["val_acc"], res["members"][2]["test_acc"] = 0.95, 0.5  # 70 bits
+  front = pareto.front_of_results(res)
+  assert [r["member"] for r in front] == [3, 1, 2] and front[-1]["test_acc"] == 0.5
+  assert all(r["metric"] == "val_acc" for r in front)
+  assert "chosen on validation accuracy" in pareto.format_front(res)
+  test_front = pareto.front_of_results(res, metric="test_acc")
+  assert [r["member"] for r in test_front] == [3, 1, 0]
+  assert "optimistic" in pareto.format_front(dict(res, pareto_metric="test_acc"))
+  assert pareto.default_metric({"members": []}) == "test_acc"  # results of older jpq
+
+
+def test_plots_vector_copies_and_labels(tmp_path):
+  res = _results()
+  pareto.plot_front(res, str(tmp_path / "p.png"))
+  pareto.plot_member(res, 0, str(tmp_path / "m.png"))
+  for f in ("p.png", "p.pdf", "m.png", "m.pdf"):
+    assert os.path.getsize(tmp_path / f) > 1000
+  assert pareto.lambda_labels([3.5e-6, 4e-6, 0.0]) == ["3.5e-06", "4e-06", "0"]
+  assert len(set(pareto.lambda_labels([1.0001e-5, 1.0002e-5]))) == 2

@@ -75,10 +75,38 @@ def test_unknown_run(rb):
 
 def test_keepalive_run_is_joint_with_one_kept_channel(rb):
   """The named improvement's run differs from ``joint`` only by ``model.keep_alive``."""
-  for protocol in ("cpu", "full"):
+  for protocol in ("cpu_v1", "full"):
     assert "joint_keepalive" not in rb.run_configs("cifar10_resnet8", protocol, "")
     cfgs = rb.run_configs("cifar10_resnet8", protocol, "", extra_runs=("joint_keepalive",))
     j, k = cfgs["joint"].to_dict(), cfgs["joint_keepalive"].to_dict()
     assert k["model"].pop("keep_alive") == 1 and j["model"].pop("keep_alive") == 0
     assert k.pop("name").endswith("joint_keepalive") and j.pop("name").endswith("_joint")
     assert k == j
+
+
+def test_cpu_protocol_v2_settings_seed_and_overrides(rb):
+  """The CPU protocol's named options reach the searching runs only; --seed and --set apply to
+  every run; the first CPU protocol stays available unchanged (reference semantics)."""
+  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  cfgs = rb.run_configs("cifar10_resnet8", "cpu", "", seed=15,
+                        overrides=rb.parse_overrides(["train.eval_batch_size=128"]))
+  for r, c in cfgs.items():
+    sweep.validate_config(c)
+    assert c.seed == 15 and tuple(c.sweep.seeds) == (15,) and c.train.eval_batch_size == 128
+    assert c.warmup.train_size == rb.CPU_PROTOCOL["warmup_train_size"]
+    searching = c.method != "fixed"
+    assert c.search.incremental_strength == searching
+    assert c.search.final_temperature == (0.01 if searching else 0.0)
+    assert c.model.keep_alive == (1 if c.method == "joint" else 0)
+  v1 = rb.run_configs("cifar10_resnet8", "cpu_v1", "")
+  assert v1["joint"].search.final_temperature == 0.0 and v1["joint"].warmup.train_size == 0
+  assert not v1["joint"].search.incremental_strength and v1["joint"].model.keep_alive == 0
+  assert tuple(v1["joint"].sweep.lambdas) == (3.5e-6, 5e-6, 7e-6, 1e-5)
+  full = rb.run_configs("cifar10_resnet8", "full", "")
+  assert full["joint"].search.final_temperature == 0.0 and full["joint"].warmup.train_size == 0
+  with pytest.raises(ValueError, match="no such config field"):
+    rb.run_configs("cifar10_resnet8", "cpu", "", overrides={"search.nope.x": 1})
+  with pytest.raises(ValueError, match="expected <field>=<value>"):
+    rb.parse_overrides(["search.final_temperature"])
+  assert rb.parse_overrides(["a.b=1e-6", "c=true", "d=text"]) == {"a.b": 1e-6, "c": True,
+                                                                  "d": "text"}
