@@ -14,20 +14,45 @@ The public API, re-exported here:
   when you compile your own training step around jpq layers).
 """
 
-from jpq_jax import choice, compare, costs, export, ops, pit, quant
-from jpq_jax.arch import GroupTheta, freeze, precision_summary, thetas
-from jpq_jax.fold import fold_batchnorm, to_fixed, to_search
-from jpq_jax.checkpoint import restore_member
-from jpq_jax.compiler import compiler_options
-from jpq_jax.sweep import ConfigError, base_config, demo_config, run_sweep
-from jpq_jax.layers import (MODES, Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor,
-                            SearchSpace)
-from jpq_jax.table import GroupRecord, LayerRecord, LayerTable, trace_table
+import importlib as _importlib
+
+# Lazy: ``import jpq_jax`` is cheap (the ``jpq`` command's help, report and inspect start in well
+# under a second); JAX, Flax and Orbax load when a name that needs them is first used (PEP 562).
+_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "costs", "data", "export",
+               "fold", "layers", "models", "ops", "pareto", "pit", "quant", "sweep", "table",
+               "train")
+_NAMES = {
+    "GroupTheta": "arch", "freeze": "arch", "precision_summary": "arch", "thetas": "arch",
+    "fold_batchnorm": "fold", "to_fixed": "fold", "to_search": "fold",
+    "restore_member": "checkpoint", "compiler_options": "compiler",
+    "ConfigError": "sweep", "base_config": "sweep", "demo_config": "sweep", "run_sweep": "sweep",
+    "MODES": "layers", "Add": "layers", "Conv": "layers", "Ctx": "layers", "Dense": "layers",
+    "Group": "layers", "InputQuantizer": "layers", "QTensor": "layers", "SearchSpace": "layers",
+    "GroupRecord": "table", "LayerRecord": "table", "LayerTable": "table",
+    "trace_table": "table",
+}
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
-    "compare", "compiler_options", "costs", "export", "pit", "ops", "precision_summary", "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas", "trace_table", "fold_batchnorm", "to_fixed", "to_search",
+    "compare", "compiler_options", "costs", "data", "export", "pit", "ops", "precision_summary",
+    "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas",
+    "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]
+
+
+def __getattr__(name):
+  if name in _NAMES:
+    value = getattr(_importlib.import_module(f"jpq_jax.{_NAMES[name]}"), name)
+  elif name in _SUBMODULES:
+    value = _importlib.import_module(f"jpq_jax.{name}")
+  else:
+    raise AttributeError(f"module 'jpq_jax' has no attribute {name!r}")
+  globals()[name] = value  # later lookups skip __getattr__
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -37,6 +37,20 @@ import ml_collections
 
 __all__ = ["main", "load_config", "apply_overrides"]
 
+_EPILOG = """example: jpq sweep && jpq report runs/demo && jpq inspect runs/demo --member 3 --plot m.png
+(jpq sweep --help: the config fields and the field=value override syntax)"""
+
+_SWEEP_EPILOG = """config overrides (after the options, any number):
+  field=value or --config.field=value, with the config's dotted field names; tuples take
+  comma-separated values, booleans true/false; dataset options may be new keys:
+    jpq sweep search.epochs=5 sweep.lambdas=1e-6,1e-5,1e-4
+    jpq sweep --config experiments/configs/cifar10_resnet8.py data.data_dir=/data/c10.zip \\
+        search.cost=mpic sweep.strategy=vmap data.options.train_size=10000
+
+the fields: jpq_jax.sweep.base_config's docstring (python -c "import jpq_jax.sweep as s;
+help(s.base_config)") and README "Running a sweep"; shipped configs: experiments/configs/*.py.
+A rerun with the same --workdir and config resumes a killed sweep."""
+
 
 def load_config(path: Optional[str]) -> ml_collections.ConfigDict:
   """Load a config file (a Python file with ``get_config()``), or the demo config for None.
@@ -58,7 +72,13 @@ def load_config(path: Optional[str]) -> ml_collections.ConfigDict:
   if not path:
     return sweep.demo_config()
   if not os.path.exists(path):
-    raise FileNotFoundError(f"--config: no such config file {path!r}")
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "experiments", "configs")
+    names = sorted(n for n in os.listdir(shipped) if n.endswith(".py")) if os.path.isdir(
+        shipped) else []
+    hint = (f"; shipped configs: {', '.join(os.path.join('experiments', 'configs', n) for n in names)}"
+            if names else "")
+    raise FileNotFoundError(f"--config: no such config file {path!r}{hint}")
   if os.path.isdir(path):
     raise ValueError(f"--config: {path!r} is a directory, not a Python config file")
   spec = importlib.util.spec_from_file_location("jpq_config", path)
@@ -156,7 +176,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     parts = key.split(".")
     for i, p in enumerate(parts[:-1]):
       if p not in node:
-        raise ValueError(f"override {key!r}: unknown config field {p!r}")
+        raise ValueError(f"override {key!r}: unknown config field {p!r}; known here: "
+                         f"{sorted(node.keys())}")
       node = node[p]
       if not isinstance(node, (dict, ml_collections.ConfigDict)):
         raise ValueError(f"override {key!r}: {'.'.join(parts[:i + 1])!r} is a value "
@@ -340,9 +361,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       ``report``, ``inspect``, ``export`` or ``compare``.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="jpq", description=(__doc__ or "jpq").split("\n")[0])
-  sub = parser.add_subparsers(dest="cmd", required=True)
-  p = sub.add_parser("sweep", help="run or resume a Pareto sweep")
+  parser = argparse.ArgumentParser(prog="jpq", description=(__doc__ or "jpq").split("\n")[0],
+                                   epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+  p = sub.add_parser("sweep", help="run or resume a Pareto sweep", epilog=_SWEEP_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     usage="jpq sweep [--config FILE] [--workdir DIR] [--no-progress] "
+                           "[field=value ...]")
   p.add_argument("--config", default=None, help="config file (default: the demo config)")
   p.add_argument("--workdir", default=None, help="work directory (default: runs/<config name>)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -374,6 +399,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "never picks them; test_acc is the explicit, optimistic choice)")
   p.add_argument("--reference", default=None, help="run name whose reductions are reported")
   args, rest = parser.parse_known_args(argv)
+  if args.cmd is None:  # `jpq` alone: the commands, not argparse's "required: cmd"
+    parser.print_help()
+    return 2
   try:
     if args.cmd == "sweep":
       return _cmd_sweep(args, rest)

@@ -322,8 +322,8 @@ def _plot(comp, path):
     ys = 100 * np.array([p["accuracy"] for p in fr])
     # The reference (the searched method) on top, thicker; fronts as lines with markers, single
     # points (fixed precision) as squares.
-    ax.plot(xs, ys, "-" if len(fr) > 1 else "none", label=r["name"], ms=7 if i == 0 else 6,
-            lw=2 if i == 0 else 1.2, zorder=3 if i == 0 else 2,
+    ax.plot(xs, ys, linestyle="-" if len(fr) > 1 else "none", label=r["name"],
+            ms=7 if i == 0 else 6, lw=2 if i == 0 else 1.2, zorder=3 if i == 0 else 2,
             marker="s" if len(fr) == 1 else "oDv^<>ph*"[i % 9])
   ax.set_xscale("log")
   # Plain numbers on the log axis ("5", "20", "50 kB"), not "5x10^0".

@@ -344,9 +344,14 @@ def load_results(workdir: str) -> Dict[str, Any]:
       the sweep rewrites it.
   """
   path = os.path.join(workdir, "results.json")
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"{workdir!r} does not exist (give a sweep's work directory, e.g. "
+                            "runs/demo)")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} has no results.json: no finished sweep there (rerun "
-                            "`jpq sweep` with the same --workdir to resume it)")
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+      raise FileNotFoundError(f"{workdir!r} holds no sweep (no config.json, no results.json)")
+    raise FileNotFoundError(f"{workdir!r} has no results.json: its sweep has not finished (rerun "
+                            "`jpq sweep` with the same --workdir and config to resume it)")
   try:
     with open(path) as f:
       results = json.load(f)

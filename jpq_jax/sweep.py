@@ -546,8 +546,10 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       # (its member padding is rebuilt) with its data mounted elsewhere.
       diff = _first_diff(old, new, ignore=RESUME_MAY_CHANGE)
       if diff is not None:
+        was, now = _at(old, diff), _at(new, diff)
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
-                           f"differs at {diff!r}); use a new --workdir or the same config to resume")
+                           f"differs at {diff!r}: the run has {was!r}, this config {now!r}); use a "
+                           "new --workdir or the same config to resume")
       old_dir = (old.get("data") or {}).get("data_dir") or ""
       new_dir = cfg.data.get("data_dir") or ""
       if old_dir != new_dir and jax.process_index() == 0:
@@ -582,6 +584,16 @@ def _fill_defaults(saved: Any, defaults: Any) -> Any:
   for k, v in defaults.items():
     out[k] = _fill_defaults(saved[k], v) if k in saved else v
   return out
+
+
+def _at(tree, dotted: str):
+  """The value at a dotted path of nested dicts (``<absent>`` when a key is missing)."""
+  node = tree
+  for p in dotted.split("."):
+    if not isinstance(node, dict) or p not in node:
+      return "<absent>"
+    node = node[p]
+  return node
 
 
 def _first_diff(a, b, prefix="", ignore=()) -> Optional[str]:
