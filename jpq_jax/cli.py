@@ -400,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--reference", default=None, help="run name whose reductions are reported")
   args, rest = parser.parse_known_args(argv)
   if args.cmd is None:  # `jpq` alone: the commands, not argparse's "required: cmd"
-    parser.print_help()
+    parser.print_help(sys.stderr)
     return 2
   try:
     if args.cmd == "sweep":

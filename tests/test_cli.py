@@ -102,7 +102,7 @@ def test_cli_explains_itself(capsys, tmp_path):
   lists the shipped ones; report on a missing or empty directory says which."""
   from jpq_jax import cli as C  # pylint: disable=import-outside-toplevel
   assert C.main([]) == 2
-  out = capsys.readouterr().out
+  out = capsys.readouterr().err
   assert all(c in out for c in ("sweep", "report", "inspect", "export", "compare"))
   with pytest.raises(SystemExit):
     C.main(["sweep", "--help"])

@@ -140,7 +140,8 @@ CLI_ROWS = [
      "is a sweep work directory, not a warm-up checkpoint; use"),
     ("warm-up checkpoint missing", _sweep("warmup.checkpoint=/nonexistent_jpq_warm"),
      "is not a directory"),
-    ("report of no sweep", lambda t: ["report", os.path.join(t, "empty")], "has no results.json"),
+    ("report of a missing directory", lambda t: ["report", os.path.join(t, "empty")],
+     "does not exist"),
     ("report of damaged results", lambda t: ["report", os.path.join(t, "bad_json")],
      "results.json is not valid JSON"),
     ("report of foreign results", lambda t: ["report", os.path.join(t, "not_results")],
@@ -152,7 +153,7 @@ CLI_ROWS = [
      lambda t: ["export", os.path.join(t, "tiny_res"), "--out", os.path.join(t, "b")], "final"),
     # CLI arguments
     ("unknown command", lambda t: ["frobnicate"], "invalid choice"),
-    ("no command", lambda t: [], "required"),
+    ("no command", lambda t: [], "compare   compare the fronts"),
     ("member not an int", lambda t: ["inspect", t, "--member", "abc"], "invalid int value"),
     ("report extra argument", lambda t: ["report", os.path.join(t, "tiny_res"), "extra"],
      "unexpected arguments"),
