@@ -372,8 +372,8 @@ def test_no_frozen_architecture():
 
 
 def test_export_member_of_unfinished_sweep(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no finished sweep"):
-    export.export_member(str(tmp_path), 0, str(tmp_path / "out"))
+  with pytest.raises(FileNotFoundError, match="holds no sweep"):
+    export.export_member(str(tmp_path), 0, str(tmp_path / "out"))  # empty: no sweep there
 
 
 def test_edited_manifest_is_refused(tmp_path):
