@@ -453,14 +453,22 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
   if cfg.search.sampling not in choice.SAMPLINGS:
     raise _field_error("search.sampling", f"unknown sampling {cfg.search.sampling!r}; use one of "
                        f"{choice.SAMPLINGS}")
+  optimizers = [(f"{ph}.optimizer", cfg[ph].optimizer) for ph in ("warmup", "search", "finetune")]
+  optimizers += [("search.arch_optimizer", cfg.search.arch_optimizer),
+                 ("pit.search.optimizer", cfg.pit.search.optimizer),
+                 ("pit.search.arch_optimizer", cfg.pit.search.arch_optimizer),
+                 ("pit.finetune.optimizer", cfg.pit.finetune.optimizer)]
+  for path, opt in optimizers:
+    if opt.name not in ("adam", "sgd"):
+      raise _field_error(f"{path}.name", f"unknown optimizer {opt.name!r}")
+    if not opt.lr > 0:
+      raise _field_error(f"{path}.lr", f"must be > 0, got {opt.lr}")
+    if float(opt.get("wd", 0.0)) < 0:
+      raise _field_error(f"{path}.wd", f"must be >= 0, got {opt.wd}")
   for ph in ("warmup", "search", "finetune"):
     p = cfg[ph]
     if int(p.epochs) < 0:
       raise _field_error(f"{ph}.epochs", f"must be >= 0, got {p.epochs}")
-    if p.optimizer.name not in ("adam", "sgd"):
-      raise _field_error(f"{ph}.optimizer.name", f"unknown optimizer {p.optimizer.name!r}")
-    if not p.optimizer.lr > 0:
-      raise _field_error(f"{ph}.optimizer.lr", f"must be > 0, got {p.optimizer.lr}")
     try:
       T.lr_factor(p.schedule, 0, 1)
     except (ValueError, KeyError) as e:
@@ -475,17 +483,6 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
                          f"checkpoint; use {os.path.join(wc, 'warmup')!r}")
   if int(cfg.search.epochs) < 1:
     raise _field_error("search.epochs", "the search needs at least one epoch")
-  for ph, opt in (("search.arch_optimizer", cfg.search.arch_optimizer),
-                  ("pit.search.arch_optimizer", cfg.pit.search.arch_optimizer),
-                  ("pit.search.optimizer", cfg.pit.search.optimizer),
-                  ("pit.finetune.optimizer", cfg.pit.finetune.optimizer)):
-    if opt.name not in ("adam", "sgd"):
-      raise _field_error(f"{ph}.name", f"unknown optimizer {opt.name!r}")
-    if not opt.lr > 0:
-      raise _field_error(f"{ph}.lr", f"must be > 0, got {opt.lr}")
-  for ph in ("warmup", "search", "finetune"):
-    if float(cfg[ph].optimizer.get("wd", 0.0)) < 0:
-      raise _field_error(f"{ph}.optimizer.wd", f"must be >= 0, got {cfg[ph].optimizer.wd}")
   td = cfg.search.temperature_decay
   if not isinstance(td, (int, float)) or not math.isfinite(td) or td < 0:
     raise _field_error("search.temperature_decay", f"must be a number >= 0 (T <- T exp(-decay) "
@@ -1407,13 +1404,14 @@ class Sweep:
       return self.cfg.pit[phase[len("pit_"):]]
     return self.cfg[phase]
 
-  def _make_train_loader(self, local: bool):
+  def _make_train_loader(self, local: bool, split=None):
     cfg, ds = self.cfg, self.dataset
+    split = ds.train if split is None else split
     bs, pc = int(cfg.train.batch_size), jax.process_count()
     if local:  # this process's slice of every global batch (Loader's process sharding)
-      return self.loader_cls(ds.train, bs // pc, seed=int(cfg.seed), shuffle=True,
+      return self.loader_cls(split, bs // pc, seed=int(cfg.seed), shuffle=True,
                              augment=ds.augment, drop_remainder=True)
-    return self.loader_cls(ds.train, bs, seed=int(cfg.seed), shuffle=True, augment=ds.augment,
+    return self.loader_cls(split, bs, seed=int(cfg.seed), shuffle=True, augment=ds.augment,
                            drop_remainder=True, process_index=0, process_count=1)
 
   def _train_loader(self, ex):
@@ -1903,9 +1901,7 @@ class Sweep:
     if len(train) < int(cfg.train.batch_size):
       raise _field_error("warmup.train_size", f"{n} examples is less than a batch "
                          f"({cfg.train.batch_size})")
-    return self.loader_cls(train, int(cfg.train.batch_size), seed=int(cfg.seed), shuffle=True,
-                           augment=self.dataset.augment, drop_remainder=True, process_index=0,
-                           process_count=1)
+    return self._make_train_loader(local=False, split=train)
 
   def _template_warmup(self, tx):
     v = self._float_template()

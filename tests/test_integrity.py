@@ -19,22 +19,11 @@ import numpy as np
 import pytest
 
 import test_sweep_helpers as H  # sets up the persistent compile cache first
-from test_reliability import _differences, _run, _snapshot  # pylint: disable=unused-import
+# The tiny config file and the uninterrupted reference run of the reliability tests.
+from test_reliability import cfg_path, reference  # pylint: disable=unused-import
+from test_reliability import _differences, _run, _snapshot
 from jpq_jax import checkpoint as C
 from jpq_jax import cli, export, sweep
-
-
-@pytest.fixture(scope="module")
-def cfg_path(tmp_path_factory):
-  return H.write_tiny_config(tmp_path_factory.mktemp("cfg") / "tiny.py")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """An uninterrupted run of the tiny config (in-process)."""
-  wd = str(tmp_path_factory.mktemp("reference") / "run")
-  sweep.run_sweep(H.tiny_config(), wd, progress=False)
-  return wd, _snapshot(wd)
 
 
 @pytest.fixture(scope="module")
