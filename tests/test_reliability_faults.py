@@ -68,10 +68,19 @@ def test_faults_reported(faulty, capsys):
   assert "g_res" in ms[1]["degenerate_groups"]
   assert not ms[1].get("nonfinite_costs")
   assert all(np.isfinite(v) for v in ms[1]["costs_argmax"].values() if v is not None)
-  # Lambda 1e30: the logits explode; whether the loss itself overflows depends on the costs'
-  # magnitudes, but the member is never reported as ok and its non-finite costs are named.
-  assert ms[3]["status"] != "ok"
-  assert ms[3]["failed"] or "non-finite cost" in ms[3]["status"], ms[3]["status"]
+  # Lambda 1e30: the cost gradient swamps the task's. Which way the member goes wrong depends on
+  # float32 rounding of 1e30 * cost (CI's CPU and this one differ): the loss overflows (failed),
+  # the costs overflow (named), or Adam's normalised steps prune every group (degenerate). It is
+  # never reported as ok, and the status always names which of the three happened.
+  m3 = ms[3]
+  assert m3["status"] != "ok"
+  if m3["failed"]:
+    assert m3["status"].startswith("failed: non-finite") and m3["failed_at"], m3["status"]
+  elif m3.get("nonfinite_costs"):
+    assert "non-finite cost" in m3["status"], m3["status"]
+  else:
+    assert m3["status"].startswith("degenerate: all channels of groups"), m3["status"]
+    assert m3["degenerate_groups"], m3
   # A vanishing lambda is a valid (uncompressed) member, not a fault.
   assert ms[4]["status"] == "ok" and not ms[4]["degenerate_groups"] and ms[4]["test_acc"] > 0
   with open(os.path.join(wd, "pareto.json")) as f:
