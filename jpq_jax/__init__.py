@@ -25,7 +25,8 @@ _NAMES = {
     "GroupTheta": "arch", "freeze": "arch", "precision_summary": "arch", "thetas": "arch",
     "fold_batchnorm": "fold", "to_fixed": "fold", "to_search": "fold",
     "restore_member": "checkpoint", "compiler_options": "compiler",
-    "ConfigError": "sweep", "base_config": "sweep", "demo_config": "sweep", "run_sweep": "sweep",
+    "ConfigError": "sweep", "SweepInterrupted": "sweep", "base_config": "sweep",
+    "demo_config": "sweep", "run_sweep": "sweep",
     "MODES": "layers", "Add": "layers", "Conv": "layers", "Ctx": "layers", "Dense": "layers",
     "Group": "layers", "InputQuantizer": "layers", "QTensor": "layers", "SearchSpace": "layers",
     "GroupRecord": "table", "LayerRecord": "table", "LayerTable": "table",
@@ -38,7 +39,8 @@ __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
     "compare", "compiler_options", "costs", "data", "export", "pit", "ops", "precision_summary",
-    "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "quant", "thetas",
+    "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "SweepInterrupted",
+    "quant", "thetas",
     "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]
 

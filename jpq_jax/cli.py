@@ -412,7 +412,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd == "compare":
       return _cmd_compare(args, rest)
     return _cmd_inspect(args, rest)
+  except KeyboardInterrupt:  # a second Ctrl-C during a sweep's clean stop, or Ctrl-C elsewhere
+    print(f"\njpq {args.cmd}: aborted; a sweep keeps its last committed checkpoint (rerun the "
+          "same command to resume from it)", file=sys.stderr)
+    return 130
   except Exception as e:  # pylint: disable=broad-except
+    from jpq_jax.sweep import SweepInterrupted  # pylint: disable=import-outside-toplevel
+    if isinstance(e, SweepInterrupted):
+      # A clean stop, not an error: the state is saved; the shell's convention for a process
+      # ended by a signal (130 for SIGINT, 143 for SIGTERM) tells schedulers what happened.
+      print(f"jpq {args.cmd}: {e}", file=sys.stderr)
+      return 128 + int(e.signum)
     if os.environ.get("JPQ_TRACEBACK"):
       raise
     from jpq_jax.checkpoint import storage_error  # pylint: disable=import-outside-toplevel

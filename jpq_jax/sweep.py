@@ -56,6 +56,7 @@ from jpq_jax.table import LayerTable, trace_table
 
 __all__ = [
     "STRATEGIES", "base_config", "demo_config", "validate_config", "ConfigError", "run_sweep",
+    "SweepInterrupted",
     "build_model_from_config", "fixed_variables_template", "choose_strategy", "make_executor",
     "load_dataset", "library_versions", "init_distributed", "METHODS", "resolve_method",
     "run_config",
@@ -68,6 +69,30 @@ METHODS = ("joint", "mixprec", "layerwise", "fixed", "pit", "pit_mixprec")
 
 class ConfigError(ValueError):
   """An invalid sweep configuration (raised before anything is compiled); names the field."""
+
+
+class SweepInterrupted(Exception):
+  """A sweep stopped by SIGINT (Ctrl-C) or SIGTERM at a step boundary, its state saved.
+
+  Rerunning the same command (or :func:`run_sweep` with the same config and work directory)
+  resumes it exactly where it stopped: the result is bit for bit that of an uninterrupted run.
+
+  Attributes:
+    phase: the phase it stopped in (``warmup``, ``search``, ``finetune``, ``pit_search``, ...).
+    epoch: the epoch of that phase (0-based, as in ``metrics.jsonl``).
+    step: the training steps of that epoch already done.
+    signum: the signal received.
+    saved: whether this point was saved (False in the PIT stages, which are not checkpointed:
+      their rerun restarts them).
+  """
+
+  def __init__(self, phase: str, epoch: int, step: int, signum: int, saved: bool):
+    self.phase, self.epoch, self.step, self.signum, self.saved = phase, epoch, step, signum, saved
+    where = f"{phase} epoch {epoch}" + (f" step {step}" if step else "")
+    how = ("rerun the same command to resume" if saved else
+           f"the {phase.split('_')[0]} stage is not checkpointed: rerun the same command to "
+           "restart it")
+    super().__init__(f"interrupted at {where} ({signal.Signals(signum).name}); {how}")
 
 
 # ---- configuration --------------------------------------------------------------------------------------
@@ -130,7 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
       ``sweep.strategy`` ``auto`` means ``sharded`` (members spread over every process's devices).
     debug: ``nan_member``/``nan_epoch`` (force a NaN loss in one member, fault-isolation tests),
       ``max_steps_per_epoch`` (0 = all), ``kill_at`` (preemption tests: the process SIGKILLs
-      itself at ``<phase>:<epoch>:<when>``; see :func:`kill_point`).
+      itself at ``<phase>:<epoch>:<when>``; see :func:`kill_point`), ``signal_at``
+      (interruption tests: the process sends itself SIGINT or SIGTERM before a training step,
+      ``<phase>:<epoch>:step<i>:<SIGINT|SIGTERM>``; see :func:`signal_point`).
 
   Returns:
     A new :class:`ml_collections.ConfigDict` (override fields, then check it with
@@ -178,7 +205,7 @@ def base_config() -> ml_collections.ConfigDict:
                                                  coordinator_bind_address="", num_processes=1,
                                                  process_id=0))
   c.debug = ml_collections.ConfigDict(dict(nan_member=-1, nan_epoch=0, max_steps_per_epoch=0,
-                                            kill_at=""))
+                                            kill_at="", signal_at=""))
   return c
 
 
@@ -449,6 +476,13 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
         or not (parts[2] in KILL_WHEN or re.fullmatch(r"step\d+", parts[2]))):
       raise _field_error("debug.kill_at", f"expected '<phase>:<epoch>:<when>' with <when> in "
                          f"{KILL_WHEN} or step<i>, got {kill!r}")
+  sig_at = str(cfg.get("debug", {}).get("signal_at", "") or "")
+  if sig_at:
+    parts = sig_at.split(":")
+    if (len(parts) != 4 or not parts[1].isdigit() or not re.fullmatch(r"step\d+", parts[2])
+        or parts[3] not in STOP_SIGNALS):
+      raise _field_error("debug.signal_at", "expected '<phase>:<epoch>:step<i>:<signal>' with "
+                         f"<signal> in {tuple(STOP_SIGNALS)}, got {sig_at!r}")
   from jpq_jax import choice  # pylint: disable=import-outside-toplevel
   if cfg.search.sampling not in choice.SAMPLINGS:
     raise _field_error("search.sampling", f"unknown sampling {cfg.search.sampling!r}; use one of "
@@ -762,6 +796,14 @@ def _unstack(stacked: Any, n: int) -> List[Any]:
 def _is_global(a) -> bool:
   """Whether ``a`` is a ``jax.Array`` spread over several processes (multi-host ``sharded``)."""
   return isinstance(a, jax.Array) and not a.is_fully_addressable
+
+
+def _saveable(state):
+  """``state`` as Orbax may write it while training goes on: process-local arrays as host numpy,
+  arrays spread over processes as a device copy (the executors donate their buffers to the next
+  step while an asynchronous write may still read them)."""
+  return jax.tree_util.tree_map(
+      lambda a: jnp.copy(a) if _is_global(a) else np.asarray(jax.device_get(a)), state)
 
 
 def _host(a) -> np.ndarray:
@@ -1125,6 +1167,85 @@ def kill_point(cfg, phase: str, epoch: int, when: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+# Signals that stop a sweep cleanly at the next training step (SIGTERM: what schedulers of
+# preemptible machines send before they kill; SIGINT: Ctrl-C).
+STOP_SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+
+
+def signal_point(cfg, phase: str, epoch: int, step: int) -> None:
+  """Send this process ``cfg.debug.signal_at``'s signal before training step ``step`` (tests only).
+
+  The signal goes through the sweep's real handler, as one from a terminal or a scheduler would;
+  ``signal_at`` is ``<phase>:<epoch>:step<i>:<SIGINT|SIGTERM>``.
+
+  Args:
+    cfg: the sweep config; ``cfg.debug.signal_at`` empty or unset: never.
+    phase: the current phase.
+    epoch: the epoch of that phase (0-based).
+    step: the training step about to run (0-based).
+  """
+  want = str(cfg.debug.get("signal_at", "") or "")
+  if want and want.rsplit(":", 1)[0] == f"{phase}:{epoch}:step{step}":
+    os.kill(os.getpid(), STOP_SIGNALS[want.rsplit(":", 1)[1]])
+
+
+class _StopRequest:
+  """SIGINT / SIGTERM handlers that ask the sweep to stop at the next step boundary.
+
+  The first signal only sets :attr:`signum` (the training loop checks it before every step and
+  saves a checkpoint there); a second SIGINT raises ``KeyboardInterrupt`` at once, for a user
+  who does not want to wait. Installed only in the main thread of a single-process run (Python
+  delivers signals to the main thread). With several processes no handler is installed (a signal
+  that reaches one process only could not stop them all at the same step): SIGTERM is left to
+  JAX's preemption notifier, and the processes agree on the stopping step through
+  ``multihost_utils.reached_preemption_sync_point``.
+  """
+
+  def __init__(self, is_main: bool):
+    self.signum: Optional[int] = None
+    self.is_main = is_main
+    self._previous: Dict[int, Any] = {}
+    self._multi = jax.process_count() > 1
+    self._steps = 0
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    if self.is_main:
+      print(f"\njpq sweep: {signal.Signals(signum).name} received: stopping at the next training "
+            "step (saving a checkpoint there; press Ctrl-C again to abort without saving)",
+            file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    import threading  # pylint: disable=import-outside-toplevel
+    if threading.current_thread() is threading.main_thread():
+      wanted = () if self._multi else (signal.SIGINT, signal.SIGTERM)
+      for s in wanted:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    self._previous = {}
+    return False
+
+  def requested(self) -> bool:
+    """Whether to stop before the next step (the same answer on every process)."""
+    if not self._multi:
+      return self.signum is not None
+    self._steps += 1
+    try:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      if multihost_utils.reached_preemption_sync_point(self._steps):
+        self.signum = self.signum or signal.SIGTERM
+        return True
+    except RuntimeError:  # no preemption service (jax.distributed without it): never
+      pass
+    return False
+
+
 class _Log:
   """``metrics.jsonl`` and TensorBoard scalars; written by process 0 only.
 
@@ -1292,6 +1413,10 @@ class Sweep:
     self.n = len(self.members)
     self.dataset = dataset
     self._given_dataset = dataset is not None
+    self._stop = _StopRequest(self.is_main)
+    # Set when this invocation resumes a run interrupted mid-epoch (see _find_interrupt).
+    self._resume_point: Optional[Dict[str, Any]] = None
+    self._interrupt_ck: Optional[Tuple[Any, int]] = None
 
   # -- setup --
   def _setup(self):
@@ -1383,14 +1508,25 @@ class Sweep:
       CheckpointMismatchError: the saved structure differs other than by its member padding, or it
         holds fewer members than this run has.
     """
-    sig = self.ckpt.saved_signature(step)
+    ck = self.ckpt
+    if self._interrupt_ck is not None:  # resumed mid-epoch: the state saved at the interruption
+      ck, step = self._interrupt_ck
+      self._interrupt_ck = None
+    try:
+      return self._restore_from(ck, step, template)
+    finally:
+      if ck is not self.ckpt:
+        ck.close()
+
+  def _restore_from(self, ck, step, template):
+    sig = ck.saved_signature(step)
     lead = {tuple(v[0][:1]) for v in (sig or {}).values()}
     saved_n = lead.pop()[0] if len(lead) == 1 and () not in lead else None
     if saved_n is None or saved_n == self.n_pad or saved_n < self.n:
-      return self.ckpt.restore(step, template)  # equal, or refused with the mismatch named
+      return ck.restore(step, template)  # equal, or refused with the mismatch named
     target = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct((saved_n,) + tuple(s.shape[1:]), s.dtype), template)
-    saved = self.ckpt.restore(step, target)  # still checks everything but the member count
+    saved = ck.restore(step, target)  # still checks everything but the member count
     real = _unstack(_host_tree(saved), self.n)
     if self.is_main:
       print(f"jpq sweep: resuming {self.n} members saved with the member axis padded to "
@@ -1512,7 +1648,16 @@ class Sweep:
       cost_jit = jax.jit(jax.vmap(T.make_cost_fn(self.table, (cfg.search.cost,))))
       cost_fn = lambda st: cost_jit(st.params["arch"], st.temperature)
     loader = self._train_loader(ex)
-    bar = _progress((epochs - start_epoch) * self.steps, f"{phase:8s}", self.progress and self.is_main)
+    # A run interrupted mid-epoch continues at the step it stopped before, with the sums of the
+    # epoch's training metrics so far (so the epoch's records are those of an uninterrupted run).
+    start_step, sums = 0, None
+    point = self._resume_point
+    if point is not None and point["phase"] == phase and point["epoch"] == start_epoch:
+      start_step = int(point["step"])
+      sums = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in point["sums"].items()}
+      self._resume_point = None
+    bar = _progress((epochs - start_epoch) * self.steps - start_step, f"{phase:8s}",
+                    self.progress and self.is_main)
     t_phase = time.perf_counter()
     e = start_epoch
     for e in range(start_epoch, epochs):
@@ -1523,11 +1668,18 @@ class Sweep:
       lam_e = (T.strength_at(lams, e, epochs, bool(cfg.search.incremental_strength))
                if phase == "search" else np.asarray(lams, np.float32) if phase == "pit_search"
                else np.zeros((n,), np.float32))
-      sums = None
-      for i, (x, y) in enumerate(loader.epoch(e)):
+      first = start_step if e == start_epoch else 0
+      if e != start_epoch:
+        sums = None
+      for i, (x, y) in enumerate(loader.epoch(e, start=first), start=first):
         if i >= self.steps:
           break
         kill_point(cfg, phase, e, f"step{i}")
+        signal_point(cfg, phase, e, i)
+        if self._stop.requested():
+          if bar is not None:
+            bar.close()
+          self._interrupt(phase, ex, e, i, sums, ckpt_base, meta, t_phase, save)
         poison = np.zeros((n,), np.float32)
         if (phase == "search" and cfg.debug.nan_member >= 0 and e == int(cfg.debug.nan_epoch)
             and i == 0):
@@ -1610,119 +1762,16 @@ class Sweep:
     e_w, e_s, e_f = int(cfg.warmup.epochs), int(cfg.search.epochs), int(cfg.finetune.epochs)
     phase = meta["phase"] if meta else "warmup"
     epoch = meta["epoch"] if meta else 0
+    self._find_interrupt(step, meta)
+    if self.is_main and (step is not None or self._resume_point) and phase != "done":
+      where = f"{phase} epoch {epoch}"
+      if self._resume_point:
+        where += f" step {self._resume_point['step']} (saved when it was interrupted)"
+      print(f"jpq sweep: resuming {self.workdir} at {where}"
+            + (f", from checkpoint step {step}" if step is not None else ""), file=sys.stderr)
     try:
-      # ---- warm-up (one shared float model) ----
-      warm_dir = os.path.join(self.workdir, "warmup")
-      float_vars = None
-      if phase == "warmup":
-        # This run's own warmup/ is reused only without a warm-up checkpoint: with one (killed after
-        # writing warmup/, before the search's first checkpoint) the warm-up resumes from it with
-        # nothing left to train, which also restores its metadata (best epoch) for the results.
-        reuse = cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir) and step is None
-                                          else "")
-        if reuse:
-          float_vars = ckpt_lib.load_tree(reuse, self._float_template())
-        else:
-          float_vars = self._warmup(epoch, step, log)
-          # Every process calls Orbax (it synchronises them); process 0 writes the host arrays.
-          ckpt_lib.save_tree(warm_dir, float_vars)
-        phase, epoch = "search_init", 0
-      # ---- PIT alone: search, export, fine-tune of the pruned float network ----
-      if self.method == "pit" and phase == "search_init":
-        if float_vars is None:
-          float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
-        results = self._run_pit(float_vars, log)
-        phase = "pit_done"
-      # ---- search ----
-      # Checkpoint steps: warm-up epochs 1..e_w, search start e_w+1, search epochs up to
-      # e_w+1+e_s, fine-tune start e_w+e_s+2, fine-tune epochs, then "done".
-      base_s = e_w + 1
-      if phase in ("search_init", "search"):
-        tx, ex = None, None
-        if phase == "search_init":
-          if float_vars is None:
-            float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
-          from jpq_jax.fold import to_search  # pylint: disable=import-outside-toplevel
-          if self.method == "pit_mixprec":
-            # The PIT-pruned, fine-tuned float network replaces the warm-up model (§7.2); no
-            # weight compensation (kept channels have theta_0 = 0 exactly), 0 bit pinned.
-            from jpq_jax import pit  # pylint: disable=import-outside-toplevel
-            float_vars, masks = self._pit_for_mixprec(float_vars, log)
-            svars = to_search(self.model, float_vars, self.sample, table=self.table,
-                              compensate=False)
-            svars["arch"] = pit.pin_logits(svars["arch"], self.table, masks)
-          else:
-            svars = to_search(self.model, float_vars, self.sample, table=self.table)
-          tx, _, _, _ = self._phase_fns("search")
-          stacked = self._initial_states("search", tx, [svars] * self.n,
-                                         float(cfg.search.temperature))
-          if self.strategy == "measure" and self.n > 1:
-            self.strategy = self._measure("search", stacked)
-          epoch = 0
-          self._meta = dict(self._meta, phase="search", epoch=0, strategy=self.strategy)
-          self._save(base_s, stacked, self._meta)
-        else:
-          self._resume_strategy()
-          stacked = self._restore_members(step, self._search_template())
-        _, ex = self._make_ex("search", self.n_pad)
-        ex.set_states(stacked)
-        self._run_phase("search", ex, epoch, base_s, self._meta, log)
-        ex.map(T.restore_best)
-        search_final = ex.stacked()
-        costs = self._costs(search_final)
-        failed = _host(search_final.failed)
-        self._meta = dict(self._meta, search_costs=costs,
-                          search_best_epoch=[int(v) for v in
-                                             _host(search_final.best_epoch)[:self.n]],
-                          search_failed=[bool(v) for v in failed[:self.n]],
-                          final_temperature=[float(v) for v in
-                                             _host(search_final.temperature)[:self.n]])
-        # ---- conversion to fine-tuning: frozen argmax architecture ----
-        tx, _, _, _ = self._phase_fns("finetune")
-        fz = jax.jit(jax.vmap(lambda p: T.finetune_variables(p, self.table)))(search_final.params)
-        # On the host: the new states are built per member, as process-local arrays.
-        per = _unstack(_host_tree(fz), self.n_pad)[:self.n]
-        stacked = self._initial_states("finetune", tx, per)
-        stacked = stacked.replace(failed=jnp.asarray(failed))
-        phase, epoch = "finetune", 0
-        self._meta = dict(self._meta, phase="finetune", epoch=0)
-        self._save(e_w + e_s + 2, stacked, self._meta)
-        restored = None
-      else:
-        restored = step
-      # ---- fine-tune ----
-      base_f = e_w + e_s + 2
-      if phase == "finetune":
-        if restored is not None:
-          self._resume_strategy()
-          stacked = self._restore_members(restored, self._finetune_template())
-        _, ex = self._make_ex("finetune", self.n_pad)
-        ex.set_states(stacked)
-        self._run_phase("finetune", ex, epoch, base_f, self._meta, log)
-        ex.map(T.restore_best)
-        final = ex.stacked()
-        results = self._results(ex, final)
-        self._write_final(final)
-        log.write_final(results, base_f + e_f + 1)
-        self._meta = dict(self._meta, phase="done", epoch=0)
-        self._save(base_f + e_f + 1, final, self._meta)
-      elif phase != "pit_done":  # already done: the results from the files
-        results = self._read_results()
-        final, ex = None, None
-        if results is None:  # missing or damaged: evaluate the final checkpoint again
-          self._resume_strategy()
-          final = self._restore_members(step, self._finetune_template())
-          _, ex = self._make_ex("finetune", self.n_pad)
-          ex.set_states(final)
-          results = self._results(ex, final)
-        why = self._final_damage()
-        if why is not None:  # final/ missing or damaged: rebuilt from the "done" checkpoint
-          if self.is_main:
-            print(f"jpq sweep: {why}: rebuilding it from checkpoint step {step}", file=sys.stderr)
-          if final is None:
-            self._resume_strategy()
-            final = self._restore_members(step, self._finetune_template())
-          self._write_final(final)
+      with self._stop:
+        results = self._phases(step, phase, epoch, log, e_w, e_s, e_f)
     finally:
       self.ckpt.close()
       log.close()
@@ -1733,6 +1782,123 @@ class Sweep:
       results["pareto_metric"] = str(cfg.sweep.pareto_metric)
       annotate_status(results, os.path.join(self.workdir, "metrics.jsonl"))
       pareto.write_results(self.workdir, results)
+    return results
+
+  def _phases(self, step, phase, epoch, log, e_w, e_s, e_f) -> Dict[str, Any]:
+    """The protocol from where the work directory stands: warm-up, search, fine-tune, results."""
+    cfg = self.cfg
+    # ---- warm-up (one shared float model) ----
+    warm_dir = os.path.join(self.workdir, "warmup")
+    float_vars = None
+    if phase == "warmup":
+      # This run's own warmup/ is reused only without a warm-up checkpoint: with one (killed after
+      # writing warmup/, before the search's first checkpoint) the warm-up resumes from it with
+      # nothing left to train, which also restores its metadata (best epoch) for the results.
+      reuse = cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir) and step is None
+                                        else "")
+      if reuse:
+        float_vars = ckpt_lib.load_tree(reuse, self._float_template())
+      else:
+        float_vars = self._warmup(epoch, step, log)
+        # Every process calls Orbax (it synchronises them); process 0 writes the host arrays.
+        ckpt_lib.save_tree(warm_dir, float_vars)
+      phase, epoch = "search_init", 0
+    # ---- PIT alone: search, export, fine-tune of the pruned float network ----
+    if self.method == "pit" and phase == "search_init":
+      if float_vars is None:
+        float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
+      results = self._run_pit(float_vars, log)
+      phase = "pit_done"
+    # ---- search ----
+    # Checkpoint steps: warm-up epochs 1..e_w, search start e_w+1, search epochs up to
+    # e_w+1+e_s, fine-tune start e_w+e_s+2, fine-tune epochs, then "done".
+    base_s = e_w + 1
+    if phase in ("search_init", "search"):
+      tx, ex = None, None
+      if phase == "search_init":
+        if float_vars is None:
+          float_vars = ckpt_lib.load_tree(warm_dir, self._float_template())
+        from jpq_jax.fold import to_search  # pylint: disable=import-outside-toplevel
+        if self.method == "pit_mixprec":
+          # The PIT-pruned, fine-tuned float network replaces the warm-up model (§7.2); no
+          # weight compensation (kept channels have theta_0 = 0 exactly), 0 bit pinned.
+          from jpq_jax import pit  # pylint: disable=import-outside-toplevel
+          float_vars, masks = self._pit_for_mixprec(float_vars, log)
+          svars = to_search(self.model, float_vars, self.sample, table=self.table,
+                            compensate=False)
+          svars["arch"] = pit.pin_logits(svars["arch"], self.table, masks)
+        else:
+          svars = to_search(self.model, float_vars, self.sample, table=self.table)
+        tx, _, _, _ = self._phase_fns("search")
+        stacked = self._initial_states("search", tx, [svars] * self.n,
+                                       float(cfg.search.temperature))
+        if self.strategy == "measure" and self.n > 1:
+          self.strategy = self._measure("search", stacked)
+        epoch = 0
+        self._meta = dict(self._meta, phase="search", epoch=0, strategy=self.strategy)
+        self._save(base_s, stacked, self._meta)
+      else:
+        self._resume_strategy()
+        stacked = self._restore_members(step, self._search_template())
+      _, ex = self._make_ex("search", self.n_pad)
+      ex.set_states(stacked)
+      self._run_phase("search", ex, epoch, base_s, self._meta, log)
+      ex.map(T.restore_best)
+      search_final = ex.stacked()
+      costs = self._costs(search_final)
+      failed = _host(search_final.failed)
+      self._meta = dict(self._meta, search_costs=costs,
+                        search_best_epoch=[int(v) for v in
+                                           _host(search_final.best_epoch)[:self.n]],
+                        search_failed=[bool(v) for v in failed[:self.n]],
+                        final_temperature=[float(v) for v in
+                                           _host(search_final.temperature)[:self.n]])
+      # ---- conversion to fine-tuning: frozen argmax architecture ----
+      tx, _, _, _ = self._phase_fns("finetune")
+      fz = jax.jit(jax.vmap(lambda p: T.finetune_variables(p, self.table)))(search_final.params)
+      # On the host: the new states are built per member, as process-local arrays.
+      per = _unstack(_host_tree(fz), self.n_pad)[:self.n]
+      stacked = self._initial_states("finetune", tx, per)
+      stacked = stacked.replace(failed=jnp.asarray(failed))
+      phase, epoch = "finetune", 0
+      self._meta = dict(self._meta, phase="finetune", epoch=0)
+      self._save(e_w + e_s + 2, stacked, self._meta)
+      restored = None
+    else:
+      restored = step
+    # ---- fine-tune ----
+    base_f = e_w + e_s + 2
+    if phase == "finetune":
+      if restored is not None:
+        self._resume_strategy()
+        stacked = self._restore_members(restored, self._finetune_template())
+      _, ex = self._make_ex("finetune", self.n_pad)
+      ex.set_states(stacked)
+      self._run_phase("finetune", ex, epoch, base_f, self._meta, log)
+      ex.map(T.restore_best)
+      final = ex.stacked()
+      results = self._results(ex, final)
+      self._write_final(final)
+      log.write_final(results, base_f + e_f + 1)
+      self._meta = dict(self._meta, phase="done", epoch=0)
+      self._save(base_f + e_f + 1, final, self._meta)
+    elif phase != "pit_done":  # already done: the results from the files
+      results = self._read_results()
+      final, ex = None, None
+      if results is None:  # missing or damaged: evaluate the final checkpoint again
+        self._resume_strategy()
+        final = self._restore_members(step, self._finetune_template())
+        _, ex = self._make_ex("finetune", self.n_pad)
+        ex.set_states(final)
+        results = self._results(ex, final)
+      why = self._final_damage()
+      if why is not None:  # final/ missing or damaged: rebuilt from the "done" checkpoint
+        if self.is_main:
+          print(f"jpq sweep: {why}: rebuilding it from checkpoint step {step}", file=sys.stderr)
+        if final is None:
+          self._resume_strategy()
+          final = self._restore_members(step, self._finetune_template())
+        self._write_final(final)
     return results
 
   # -- pieces --
@@ -1816,15 +1982,86 @@ class Sweep:
     # it: hand Orbax copies. Process-local arrays become host numpy (with several processes they
     # hold the same values everywhere, and Orbax writes numpy from process 0 only); arrays spread
     # over processes get a device copy, of which every process writes its own shards.
-    state = jax.tree_util.tree_map(
-        lambda a: jnp.copy(a) if _is_global(a) else np.asarray(jax.device_get(a)), state)
+    state = _saveable(state)
     point = (self.cfg, meta.get("phase"), meta.get("epoch"))
     kill_point(*point, "before_save")
     self.ckpt.save(step, state, meta)
+    self._drop_interrupt()  # a mid-epoch state older than this step is of no further use
     kill_point(*point, "during_save")
     if str(self.cfg.debug.get("kill_at", "")).endswith(":after_save"):
       self.ckpt.wait()  # only when a kill is requested: "after" means committed
     kill_point(*point, "after_save")
+
+  # -- interruption (SIGINT / SIGTERM) --
+  def _interrupt_dir(self) -> str:
+    return os.path.join(self.workdir, "checkpoints_interrupted")
+
+  def _drop_interrupt(self) -> None:
+    import shutil  # pylint: disable=import-outside-toplevel
+    d = self._interrupt_dir()
+    if self.is_main and self._interrupt_ck is None and os.path.isdir(d):
+      shutil.rmtree(d, ignore_errors=True)
+
+  def _interrupt(self, phase, ex, epoch, step, sums, ckpt_base, meta, t_phase, save):
+    """Save the state before training step ``step`` of ``epoch``, then raise SweepInterrupted.
+
+    The state goes to ``checkpoints_interrupted/`` (not among the epoch checkpoints, whose steps
+    count epochs), with the epoch checkpoint it continues from, the step, and the sums of the
+    epoch's training metrics so far; the epoch checkpoints are untouched, so a kill during this
+    save loses only the partial epoch. At step 0 the state is the last epoch checkpoint's and
+    nothing more is saved.
+
+    Raises:
+      SweepInterrupted: always.
+    """
+    signum = self._stop.signum or signal.SIGTERM
+    if save and step > 0:
+      self.ckpt.wait()  # the epoch checkpoint this state continues from is committed first
+      times = dict(meta.get("times", {}))
+      times[phase] = times.get(phase, 0.0) + time.perf_counter() - t_phase
+      host = _to_host(sums) if sums is not None else {}
+      info = {"phase": phase, "epoch": int(epoch), "step": int(step),
+              "resume_from": self.ckpt.latest_step(),
+              # float32 bytes, not JSON numbers: exact, and NaN/inf (a failed member) survive.
+              "sums": {k: [np.asarray(v, np.float32).tobytes().hex(), list(np.shape(v))]
+                       for k, v in host.items()}}
+      self._drop_interrupt()
+      _barrier("jpq_interrupt_save")
+      ick = ckpt_lib.SweepCheckpointer(self._interrupt_dir(), keep=1, async_save=False)
+      try:
+        ick.save(int(step), _saveable(ex.stacked()), dict(meta, times=times, interrupted=info))
+      finally:
+        ick.close()
+    raise SweepInterrupted(phase, epoch, step, signum, saved=bool(save))
+
+  def _find_interrupt(self, step: Optional[int], meta: Optional[Dict[str, Any]]):
+    """The mid-epoch state of an interrupted run that continues epoch checkpoint ``step``, if any.
+
+    Sets ``_resume_point`` (phase, epoch, step, metric sums) and ``_interrupt_ck``; a stale or
+    damaged one (the run went on past it, or a kill during its save) is ignored with a note.
+    """
+    d = self._interrupt_dir()
+    if not os.path.isdir(d):
+      return
+    try:
+      ick = ckpt_lib.SweepCheckpointer(d, keep=1, async_save=False)
+    except ckpt_lib.CheckpointCorruptError as e:
+      if self.is_main:
+        print(f"jpq sweep: ignoring the damaged mid-epoch checkpoint ({e}); resuming from the "
+              "last epoch checkpoint", file=sys.stderr)
+      return
+    ist = ick.latest_step()
+    info = (ick.meta(ist) or {}).get("interrupted") if ist is not None else None
+    phase = (meta or {}).get("phase", "warmup")
+    if (not info or info.get("resume_from") != step or info.get("phase") != phase
+        or info.get("epoch") != int((meta or {}).get("epoch", 0))):
+      ick.close()
+      return
+    sums = {k: np.frombuffer(bytes.fromhex(h), np.float32).reshape(shape)
+            for k, (h, shape) in info["sums"].items()}
+    self._resume_point = dict(info, sums=sums)
+    self._interrupt_ck = (ick, ist)
+    self._meta = dict(self._meta, times=ick.meta(ist).get("times", self._meta.get("times", {})))
 
   def _float_template(self):
     v = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x, Ctx.float()),
@@ -1853,7 +2090,14 @@ class Sweep:
     key = jax.random.PRNGKey(int(cfg.seed))
     k_init, k_train = jax.random.split(key)
     template_states = None
-    if start_epoch > 0 and step is not None:
+    if self._interrupt_ck is not None:  # interrupted mid-epoch
+      ick, ist = self._interrupt_ck
+      self._interrupt_ck = None
+      try:
+        template_states = ick.restore(ist, self._template_warmup(tx))
+      finally:
+        ick.close()
+    elif start_epoch > 0 and step is not None:
       template_states = self.ckpt.restore(step, self._template_warmup(tx))
     else:
       v = jax.jit(lambda x: self.model.init(k_init, x, Ctx.float()))(self.sample)
@@ -2260,6 +2504,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, dataset=None,
 
   Raises:
     ConfigError: invalid config (before anything is compiled).
+    SweepInterrupted: SIGINT (Ctrl-C) or SIGTERM arrived; the sweep stopped at the next training
+      step and saved it there (the same call resumes it, bit for bit).
   """
   if config.distributed.enabled:
     init_distributed(config)

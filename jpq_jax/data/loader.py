@@ -153,23 +153,26 @@ class Loader:
       x = x.astype(np.float32, copy=False)
     return x, self.split.y[local].astype(np.int32)
 
-  def _batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def _batches(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for step, idx, part in self.batch_indices(epoch):
-      yield self._make_batch(epoch, step, idx, part)
+      if step >= start:  # the skipped batches are never gathered nor augmented
+        yield self._make_batch(epoch, step, idx, part)
 
-  def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Iterates over the batches of one epoch.
 
     Args:
       epoch: epoch number (the order and augmentation are pure functions of ``(seed, epoch)``).
+      start: first batch to yield (a sweep resumed mid-epoch); batch ``i`` is the same whatever
+        ``start`` is.
 
     Returns:
       An iterator of ``(x, y)``: ``x`` float32 NHWC (uint8 images scaled to [0, 1], augmented if
       the loader has an augmentation), ``y`` int32.
     """
     if self.prefetch <= 0:
-      return self._batches(epoch)
-    return _prefetched(self._batches(epoch), self.prefetch)
+      return self._batches(epoch, start)
+    return _prefetched(self._batches(epoch, start), self.prefetch)
 
 
 _DONE = object()
