@@ -1387,14 +1387,97 @@ def _evaluate(ex, split, bs, loader_cls, n, params_of=None) -> Dict[str, np.ndar
           "loss": h["loss_sum"] / np.maximum(h["weight_sum"], 1e-12)}
 
 
-def _progress(total, desc, enabled):
-  if not enabled:
-    return None
-  try:
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=True)
+def _cost_text(name: str, values) -> str:
+  """``size 35.7-77.4 kB``: a cost's range over the members, in the unit a user reads."""
+  from jpq_jax import costs as creg  # pylint: disable=import-outside-toplevel
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if not len(v):
+    return f"{name} -"
+  unit = creg.cost_unit(name)
+  if unit == "bits":
+    v, unit = v / 8000.0, "kB"
+  lo, hi = float(v.min()), float(v.max())
+  rng = f"{lo:.4g}" if lo == hi else f"{lo:.4g}-{hi:.4g}"
+  return f"{name} {rng}{' ' + unit if unit else ''}"
+
+
+class _PhaseProgress:
+  """Progress of one phase: a tqdm bar on a terminal, one line per epoch otherwise (logs).
+
+  The first training step of a phase compiles it (seconds to minutes): the bar says
+  ``compiling...`` then, and its clock restarts after that step, so the ETA is that of the steps,
+  not of the compilation.
+
+  Args:
+    phase: the phase name.
+    epochs: the phase's epochs; ``start_epoch`` / ``start_step``: where this invocation starts.
+    steps: training steps per epoch.
+    enabled: whether to show anything (process 0, ``progress=True``).
+    stream: where to write (default ``sys.stderr``).
+  """
+
+  def __init__(self, phase: str, epochs: int, start_epoch: int, steps: int, start_step: int,
+               enabled: bool, stream=None):
+    self.phase, self.epochs, self.enabled = phase, epochs, enabled
+    self.stream = stream if stream is not None else sys.stderr
+    self.total = max((epochs - start_epoch) * steps - start_step, 0)
+    self.bar = None
+    self.compiled = False
+    self.t_epoch = time.perf_counter()
+    if not enabled:
+      return
+    isatty = getattr(self.stream, "isatty", None)
+    if isatty is not None and isatty():
+      try:
+        from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+        self.bar = tqdm(total=self.total, desc=f"{phase:8s}", dynamic_ncols=True, leave=True,
+                        file=self.stream, unit="step")
+      except ImportError:
+        self.bar = None
+
+  def before_step(self) -> None:
+    """Call before every training step (the first one compiles)."""
+    if not self.enabled or self.compiled:
+      return
+    self._t_compile = time.perf_counter()
+    if self.bar is not None:
+      self.bar.set_postfix_str("compiling...")
+    else:
+      print(f"{self.phase}: compiling the training step...", file=self.stream, flush=True)
+
+  def after_step(self) -> None:
+    """Call after every training step."""
+    if not self.enabled:
+      return
+    if not self.compiled:
+      self.compiled = True
+      took = time.perf_counter() - self._t_compile
+      if self.bar is not None:
+        self.bar.reset(total=self.total)  # the rate (and ETA) of the steps, not of the compile
+        self.bar.set_postfix_str(f"compiled in {took:.0f} s")
+      else:
+        print(f"{self.phase}: compiled ({took:.1f} s, first step included)", file=self.stream,
+              flush=True)
+    if self.bar is not None:
+      self.bar.update(1)
+
+  def epoch(self, epoch: int, text: str) -> None:
+    """Call at the end of an epoch with its summary (units included)."""
+    if not self.enabled:
+      return
+    now = time.perf_counter()
+    if self.bar is not None:
+      self.bar.set_postfix_str(text)
+    else:
+      print(f"{self.phase} epoch {epoch + 1}/{self.epochs} ({now - self.t_epoch:.1f} s): {text}",
+            file=self.stream, flush=True)
+    self.t_epoch = now
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
 
 
 class Sweep:
@@ -1656,8 +1739,8 @@ class Sweep:
       start_step = int(point["step"])
       sums = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in point["sums"].items()}
       self._resume_point = None
-    bar = _progress((epochs - start_epoch) * self.steps - start_step, f"{phase:8s}",
-                    self.progress and self.is_main)
+    bar = _PhaseProgress(phase, epochs, start_epoch, self.steps, start_step,
+                         self.progress and self.is_main)
     t_phase = time.perf_counter()
     e = start_epoch
     for e in range(start_epoch, epochs):
@@ -1677,18 +1760,17 @@ class Sweep:
         kill_point(cfg, phase, e, f"step{i}")
         signal_point(cfg, phase, e, i)
         if self._stop.requested():
-          if bar is not None:
-            bar.close()
+          bar.close()
           self._interrupt(phase, ex, e, i, sums, ckpt_base, meta, t_phase, save)
         poison = np.zeros((n,), np.float32)
         if (phase == "search" and cfg.debug.nan_member >= 0 and e == int(cfg.debug.nan_epoch)
             and i == 0):
           poison[int(cfg.debug.nan_member)] = np.nan
+        bar.before_step()
         m = ex.train_step(x, y, lam_e, lr, poison)
         m = _stack(m) if isinstance(m, list) else m
         sums = m if sums is None else jax.tree_util.tree_map(jnp.add, sums, m)
-        if bar is not None:
-          bar.update(1)
+        bar.after_step()
       train = {k: v / self.steps for k, v in _to_host(sums).items()}
       val = _evaluate(ex, self.dataset.val, int(cfg.train.eval_batch_size), self.loader_cls, n)
       hard_cost = None
@@ -1721,13 +1803,8 @@ class Sweep:
         rec["cost_argmax"] = [_finite(v) for v in hard_cost[:self.n]]
       if self.is_main:
         log.write(rec)
-      if bar is not None:
-        ok = ~flags["failed"][:self.n]
-        post = {"val_acc": f"{np.nanmax(np.where(ok, val['acc'][:self.n], np.nan)):.3f}"
-                if ok.any() else "-", "failed": int((~ok).sum())}
-        if hard_cost is not None:
-          post["cost"] = f"{np.nanmin(hard_cost[:self.n]):.3g}-{np.nanmax(hard_cost[:self.n]):.3g}"
-        bar.set_postfix(post)
+      if bar.enabled:
+        bar.epoch(e, self._epoch_text(phase, train, val, hard_cost, flags))
       meta = dict(meta, phase=phase, epoch=e + 1,
                   times=dict(meta.get("times", {}),
                              **{phase: meta.get("times", {}).get(phase, 0.0)
@@ -1736,9 +1813,30 @@ class Sweep:
       if save:
         self._save(ck, ex.stacked(), meta)
       self._meta = meta
-    if bar is not None:
-      bar.close()
+    bar.close()
     return ckpt_base + epochs
+
+  def _epoch_text(self, phase, train, val, hard_cost, flags) -> str:
+    """One epoch's summary over the members: ranges, with units."""
+    n = self.n
+    ok = ~flags["failed"][:n]
+
+    def rng(v, fmt):
+      v = np.asarray(v, np.float64)[:n][ok]
+      v = v[np.isfinite(v)]
+      if not len(v):
+        return "-"
+      lo, hi = fmt(v.min()), fmt(v.max())
+      return lo if lo == hi else f"{lo}-{hi}"
+
+    parts = [f"train_loss {rng(train['loss'], lambda x: f'{x:.3f}')}",
+             f"val_acc {rng(100 * np.asarray(val['acc']), lambda x: f'{x:.1f}')}%"]
+    if hard_cost is not None:
+      parts.append(_cost_text(self.cfg.search.cost, np.asarray(hard_cost)[:n][ok]))
+    if phase == "search":
+      parts.append(f"T {float(np.max(flags['temperature'][:n])):.3g}")
+    parts.append(f"{int((~ok).sum())}/{n} failed" if n > 1 else ("failed" if not ok[0] else "ok"))
+    return ", ".join(parts)
 
   # -- main --
   def run(self) -> Dict[str, Any]:
@@ -1754,6 +1852,8 @@ class Sweep:
     _barrier("jpq_sweep_start")
     if self.is_main:
       self._write_run_record()
+      if self.progress:
+        print(self._header_text(), file=sys.stderr, flush=True)
     step = self.ckpt.latest_step()
     meta = self.ckpt.meta(step) if step is not None else None
     log = _Log(self.workdir, step if step is not None else -1, self.is_main, self.members,
@@ -1991,6 +2091,33 @@ class Sweep:
     if str(self.cfg.debug.get("kill_at", "")).endswith(":after_save"):
       self.ckpt.wait()  # only when a kill is requested: "after" means committed
     kill_point(*point, "after_save")
+
+  def _header_text(self) -> str:
+    """What this invocation will run, printed before anything compiles."""
+    cfg, ds = self.cfg, self.dataset
+    shape = "x".join(str(d) for d in ds.input_shape)
+    sizes = "/".join(str(len(sp)) if sp is not None else "-" for sp in (ds.train, ds.val, ds.test))
+    lams = ", ".join(f"{m['lam']:.3g}" for m in self.members)
+    seeds = sorted({int(m["seed"]) for m in self.members})
+    dev = jax.devices()
+    phases = [("warm-up", cfg.warmup.epochs), ("search", cfg.search.epochs),
+              ("fine-tune", cfg.finetune.epochs)]
+    if self.method == "fixed":
+      phases = [("warm-up", cfg.warmup.epochs), ("QAT", cfg.search.epochs)]
+    if cfg.warmup.get("checkpoint"):
+      phases[0] = ("warm-up", f"from {cfg.warmup.checkpoint}")
+    return "\n".join([
+        f"jpq sweep: {cfg.get('name', 'sweep')}: method {self.method}, model {cfg.model.name}, "
+        f"dataset {cfg.data.name} ({sizes} train/val/test examples, {shape}, "
+        f"{ds.num_classes} classes)",
+        f"  {self.n} member{'s' if self.n != 1 else ''}: lambda {lams} "
+        f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), "
+        f"cost {cfg.search.cost}",
+        f"  strategy {self.strategy} on {len(dev)} {dev[0].platform} device(s), "
+        f"{jax.process_count()} process(es)",
+        "  epochs: " + ", ".join(f"{k} {v}" for k, v in phases)
+        + f"; {self.steps} steps of batch {cfg.train.batch_size} per epoch",
+        f"  work directory: {self.workdir}"])
 
   # -- interruption (SIGINT / SIGTERM) --
   def _interrupt_dir(self) -> str:

@@ -21,6 +21,14 @@ def _load_golden(name):
     return json.load(f)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_scratch_left():
+  """The sweeps shared across test modules live in temporary directories: removed at the end."""
+  yield
+  import test_sweep_helpers  # pylint: disable=import-outside-toplevel
+  test_sweep_helpers.cleanup()
+
+
 @pytest.fixture(scope="session")
 def golden_quantizers():
   return _load_golden("quantizers.json")

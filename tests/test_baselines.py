@@ -22,7 +22,6 @@ _RUNS = {}
 
 def method_run(method):
   """``(workdir, results)`` of ``method`` on the tiny config (run once per process)."""
-  import tempfile  # pylint: disable=import-outside-toplevel
   if method not in _RUNS:
     c = H.tiny_config()
     c.method = method
@@ -35,7 +34,7 @@ def method_run(method):
     c.pit.strength = 1e-3
     if method == "pit":
       c.sweep.lambdas = (1e-4, 1e-3)
-    wd = tempfile.mkdtemp(prefix=f"jpq_test_{method}_")
+    wd = H.scratch_dir(f"jpq_test_{method}_")
     _RUNS[method] = (wd, sweep.run_sweep(c, wd, progress=False))
   return _RUNS[method]
 

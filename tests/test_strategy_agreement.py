@@ -9,7 +9,6 @@ differed, up to 13 quantization levels; the first-step loss of member 0 by 1e-3 
 weights after one step by 3e-3). ``benchmarks/agreement.py`` measures the trajectories.
 """
 
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +69,7 @@ def test_demo_search_step_vmapped_matches_single_members():
   from jpq_jax.fold import to_search  # pylint: disable=import-outside-toplevel
   from jpq_jax.train import _ctx  # pylint: disable=import-outside-toplevel
   c = H.tiny_config(lambdas=(0.0, 1e-5, 2e-4, 1e-3))
-  sw = sweep.Sweep(c, tempfile.mkdtemp(prefix="jpq_test_agree_"), progress=False)
+  sw = sweep.Sweep(c, H.scratch_dir("jpq_test_agree_"), progress=False)
   sw._setup()  # pylint: disable=protected-access
   v = jax.jit(lambda x: sw.model.init(jax.random.PRNGKey(0), x, Ctx.float()))(sw.sample)
   svars = to_search(sw.model, {k: v[k] for k in ("params", "batch_stats")}, sw.sample,

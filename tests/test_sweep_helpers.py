@@ -9,7 +9,9 @@ import os
 
 import jax
 
-CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jpq_jax_test_xla_cache")
+# The same cache as .ci/run's and the README's (not /tmp: the tests leave nothing there).
+CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                  os.path.expanduser("~/.cache/jpq_jax/jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
@@ -52,6 +54,22 @@ def write_tiny_config(path, lambdas=LAMBDAS):
   return str(path)
 
 _RUNS = {}
+_SCRATCH = []
+
+
+def scratch_dir(prefix: str) -> str:
+  """A temporary directory that lives until the end of the test session (see :func:`cleanup`)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  d = tempfile.mkdtemp(prefix=prefix)
+  _SCRATCH.append(d)
+  return d
+
+
+def cleanup() -> None:
+  """Remove every :func:`scratch_dir` of this process (conftest calls it at the session's end)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  while _SCRATCH:
+    shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 def shared_run(name):
@@ -61,10 +79,9 @@ def shared_run(name):
   ``loop3`` / ``vmap3``: the 3 LAMBDAS members with that strategy, reusing the warm-up.
   Returns ``(workdir, results)``.
   """
-  import tempfile  # pylint: disable=import-outside-toplevel
   from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
   if name not in _RUNS:
-    wd = tempfile.mkdtemp(prefix=f"jpq_test_{name}_")
+    wd = scratch_dir(f"jpq_test_{name}_")
     if name == "warm":
       c = tiny_config(lambdas=LAMBDAS[:1])
     else:
