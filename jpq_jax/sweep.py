@@ -259,6 +259,43 @@ def temperature_decay_of(cfg) -> float:
 
 # Groups whose keys are free-form (a dataset's keyword options): not checked against the schema.
 _FREE_FORM_GROUPS = ("data.options",)
+# Learning-rate schedules: their fields depend on the kind (train.lr_factor), checked by
+# _check_schedules instead of against base_config's (exp) schedule.
+SCHEDULE_FIELDS = {"constant": (), "exp": ("gamma",), "multistep": ("milestones", "factors"),
+                   "step": ("step_size", "gamma"), "cosine": ()}
+_SCHEDULE_GROUPS = ("warmup.schedule", "search.schedule", "finetune.schedule",
+                    "pit.search.schedule", "pit.finetune.schedule")
+
+
+def _check_schedules(cfg) -> None:
+  """Each phase's ``schedule``: a known kind with exactly its fields.
+
+  Raises:
+    ConfigError: naming the schedule, the unknown kind or field and what is expected.
+  """
+  for path in _SCHEDULE_GROUPS:
+    node = cfg
+    for part in path.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+      if node is None:
+        break
+    if node is None:
+      continue
+    kind = node.get("kind", "constant")
+    if kind not in SCHEDULE_FIELDS:
+      raise _field_error(f"{path}.kind", f"unknown schedule {kind!r}; use one of "
+                         f"{tuple(SCHEDULE_FIELDS)}")
+    allowed = ("kind",) + SCHEDULE_FIELDS[kind]
+    for k in node.keys():
+      if k not in allowed:
+        raise _field_error(f"{path}.{k}", f"unknown field for a {kind!r} schedule (a typo?); "
+                           f"its fields are {list(allowed)}")
+    missing = [k for k in SCHEDULE_FIELDS[kind] if k not in node and kind in ("multistep", "step")]
+    if missing:
+      raise _field_error(f"{path}.{missing[0]}", f"a {kind!r} schedule needs {missing}")
+    if kind == "multistep" and len(node["milestones"]) != len(node["factors"]):
+      raise _field_error(f"{path}.factors", f"{len(node['factors'])} factors for "
+                         f"{len(node['milestones'])} milestones (one factor per milestone)")
 
 
 def _check_schema(cfg) -> None:
@@ -270,7 +307,7 @@ def _check_schema(cfg) -> None:
   ref = base_config()
 
   def walk(node, refnode, prefix):
-    if prefix in _FREE_FORM_GROUPS:
+    if prefix in _FREE_FORM_GROUPS or prefix in _SCHEDULE_GROUPS:
       return
     for k in node.keys():
       path = f"{prefix}.{k}" if prefix else k
@@ -283,6 +320,7 @@ def _check_schema(cfg) -> None:
         walk(sub, subref, path)
 
   walk(cfg, ref, "")
+  _check_schedules(cfg)
 
 
 def _writable(directory: str) -> bool:
@@ -665,13 +703,25 @@ def load_dataset(cfg):
   # Imported lazily: the data package pulls in tensorflow-datasets, which the library does not need.
   from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   opts = dict(cfg["data"].get("options") or {})
+  data_dir = cfg["data"].get("data_dir") or None
+  if data_dir and not os.path.exists(os.path.expanduser(str(data_dir))):
+    # Before TFDS looks into it (and logs its own warnings about a missing folder).
+    raise data_lib.DatasetNotFoundError(
+        f"data.data_dir={data_dir!r} does not exist (dataset {cfg['data']['name']!r}); give the "
+        f"path of the data, e.g. `jpq sweep ... data.data_dir=/path/to/cifar10-jpeg.zip` or "
+        f"data_dir= in the config file")
   try:
-    return data_lib.load(cfg["data"]["name"], data_dir=cfg["data"].get("data_dir") or None,
-                         seed=int(cfg["seed"]), **opts)
+    return data_lib.load(cfg["data"]["name"], data_dir=data_dir, seed=int(cfg["seed"]), **opts)
   except TypeError as e:
     if "does not take option" not in str(e):
       raise
     raise _field_error("data.options", str(e)) from None
+  except data_lib.DatasetNotFoundError as e:
+    # The data layer speaks Python (load(..., data_dir=...)); a sweep is configured by fields.
+    raise data_lib.DatasetNotFoundError(
+        f"{e}\n  (in a sweep config these are data.name={cfg['data']['name']!r} and "
+        f"data.data_dir={data_dir!r}; from the command line: `jpq sweep ... "
+        f"data.data_dir=PATH`)") from None
 
 
 def _loader_cls():
