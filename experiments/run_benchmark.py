@@ -344,6 +344,9 @@ def main(argv=None) -> int:
   ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                   help="config override applied to every run after the protocol (ablations), "
                        "e.g. --set search.final_temperature=0; repeatable")
+  ap.add_argument("--compare-with", default="",
+                  help="another work directory whose finished runs (not in this one) join the "
+                       "comparison, e.g. the fixed baselines of the protocol a variant changes")
   ap.add_argument("--warmup-from", default="",
                   help="reuse the float warm-up of another work directory's joint run "
                        "(<dir>/joint/warmup) instead of training one (ablations of the search)")
@@ -389,11 +392,24 @@ def main(argv=None) -> int:
   if "joint_mpic" in done and "joint_ne16" in done:
     reports["mpic"] = ["joint_mpic", "joint_ne16"] + plain
     reports["ne16"] = ["joint_ne16", "joint_mpic"] + plain
+  # Finished runs of another work directory (--compare-with) join the reports under their own
+  # names: e.g. a protocol variant that changes only the searching runs, compared with the fixed
+  # baselines of the protocol it varies (their configs are the same).
+  borrowed = {}
+  if args.compare_with:
+    other = os.path.abspath(args.compare_with)
+    for d in sorted(os.listdir(other)):
+      if d not in finished and os.path.exists(os.path.join(other, d, "results.json")):
+        borrowed[d] = os.path.join(other, d)
+  reports["size"] += list(borrowed)
   for cost, names in reports.items():
+    if len(names) < 2:
+      print(f"(compare_{cost}: only {names} finished; nothing to compare yet)")
+      continue
     runs = []
     for r in names:
-      run = compare.load_run(os.path.join(wd, r), cost=cost)
-      run.name = r
+      run = compare.load_run(borrowed.get(r, os.path.join(wd, r)), cost=cost)
+      run.name = r if r not in borrowed else f"{r} ({os.path.basename(other)})"
       runs.append(run)
     compare.write_comparison(runs, os.path.join(wd, f"compare_{cost}"))
     print(open(os.path.join(wd, f"compare_{cost}", "compare.md")).read())
