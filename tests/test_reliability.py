@@ -212,6 +212,7 @@ def _damage(step_dir, how):
     f.write(data)
 
 
+@pytest.mark.slow  # the default suite checks the same fallback in test_integrity.py
 def test_damaged_latest_checkpoint_falls_back(cfg_path, reference, tmp_path):
   """A corrupted and a truncated latest checkpoint are detected (manifest checksums), moved aside
   with a warning, and the run resumes from the previous good step: the end result is unchanged."""

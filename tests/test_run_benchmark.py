@@ -110,3 +110,26 @@ def test_cpu_protocol_v2_settings_seed_and_overrides(rb):
     rb.parse_overrides(["search.final_temperature"])
   assert rb.parse_overrides(["a.b=1e-6", "c=true", "d=text"]) == {"a.b": 1e-6, "c": True,
                                                                   "d": "text"}
+
+
+def test_candidate_protocols_and_overrides_win_over_the_selection_window(rb):
+  """cpu_v3 splits 6 + 9 epochs with a sharper start and moves the window; cpu_v4 anneals every
+  method's last phase (cosine); a --set of train.earlystop_start is not overwritten by the
+  protocol's window (it was before 2026-12-01)."""
+  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  from jpq_jax import train as T  # pylint: disable=import-outside-toplevel
+  v3 = rb.run_configs("cifar10_resnet8", "cpu_v3", "")
+  j = v3["joint"]
+  assert (j.search.epochs, j.finetune.epochs, j.search.temperature) == (6, 9, 0.2)
+  assert T.earlystop_start(j.search.epochs, j.train.earlystop_start) == 4  # the last search epoch
+  assert v3["w8a8"].search.epochs == 15 and v3["w8a8"].search.temperature == 1.0
+  v4 = rb.run_configs("cifar10_resnet8", "cpu_v4", "",
+                      overrides={"train.earlystop_start": 3})
+  for r, c in v4.items():
+    sweep.validate_config(c)
+    assert c.train.earlystop_start == 3, r
+    if c.method == "fixed":
+      assert c.search.schedule.kind == "cosine" and c.finetune.schedule.kind == "exp", r
+    else:
+      assert c.search.schedule.kind == "exp" and c.finetune.schedule.kind == "cosine", r
+      assert c.pit.finetune.schedule.kind == "cosine", r

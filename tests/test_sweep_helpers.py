@@ -53,6 +53,7 @@ def write_tiny_config(path, lambdas=LAMBDAS):
     f.write(TINY_CONFIG_SOURCE.format(lambdas=tuple(lambdas)))
   return str(path)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUNS = {}
 _SCRATCH = []
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import test_sweep_helpers as H
 
@@ -57,6 +58,7 @@ def test_two_devices_match_one(tmp_path):
     np.testing.assert_allclose(a["test_acc"], b["test_acc"], atol=0.03)
 
 
+@pytest.mark.slow  # 3-4 minutes of subprocesses; test_two_devices_match_one stays in the default
 def test_resume_on_other_device_counts(tmp_path):
   """A preempted sharded sweep resumes on whatever devices it gets: 3 members are padded to 4 on 2
   devices, killed in the search; resumed on 1 device (no padding: the restore drops the padding

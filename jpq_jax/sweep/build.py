@@ -65,13 +65,25 @@ def load_dataset(cfg):
   # Imported lazily: the data package pulls in tensorflow-datasets, which the library does not need.
   from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   opts = dict(cfg["data"].get("options") or {})
+  data_dir = cfg["data"].get("data_dir") or None
+  if data_dir and not os.path.exists(os.path.expanduser(str(data_dir))):
+    # Before TFDS looks into it (and logs its own warnings about a missing folder).
+    raise data_lib.DatasetNotFoundError(
+        f"data.data_dir={data_dir!r} does not exist (dataset {cfg['data']['name']!r}); give the "
+        f"path of the data, e.g. `jpq sweep ... data.data_dir=/path/to/cifar10-jpeg.zip` or "
+        f"data_dir= in the config file")
   try:
-    return data_lib.load(cfg["data"]["name"], data_dir=cfg["data"].get("data_dir") or None,
-                         seed=int(cfg["seed"]), **opts)
+    return data_lib.load(cfg["data"]["name"], data_dir=data_dir, seed=int(cfg["seed"]), **opts)
   except TypeError as e:
     if "does not take option" not in str(e):
       raise
     raise _field_error("data.options", str(e)) from None
+  except data_lib.DatasetNotFoundError as e:
+    # The data layer speaks Python (load(..., data_dir=...)); a sweep is configured by fields.
+    raise data_lib.DatasetNotFoundError(
+        f"{e}\n  (in a sweep config these are data.name={cfg['data']['name']!r} and "
+        f"data.data_dir={data_dir!r}; from the command line: `jpq sweep ... "
+        f"data.data_dir=PATH`)") from None
 
 
 def _loader_cls():

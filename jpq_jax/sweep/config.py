@@ -19,6 +19,12 @@ METHODS = ("joint", "mixprec", "layerwise", "fixed", "pit", "pit_mixprec")
 # Groups whose keys are free-form (a dataset's keyword options): not checked against the schema,
 # and an override may add a key to them (jpq_jax.cli.FREE_FORM is this tuple).
 FREE_FORM_GROUPS = ("data.options",)
+# Learning-rate schedules: their fields depend on the kind (train.lr_factor), so they are checked
+# per kind (validation._check_schedules) instead of against base_config's (exp) schedule.
+SCHEDULE_FIELDS = {"constant": (), "exp": ("gamma",), "multistep": ("milestones", "factors"),
+                   "step": ("step_size", "gamma"), "cosine": ()}
+SCHEDULE_GROUPS = ("warmup.schedule", "search.schedule", "finetune.schedule",
+                   "pit.search.schedule", "pit.finetune.schedule")
 # When debug.kill_at may kill at a checkpoint (jpq_jax.sweep.interrupt.kill_point).
 KILL_WHEN = ("before_save", "during_save", "after_save")
 # Signals that stop a sweep cleanly at the next training step (SIGTERM: what schedulers of

@@ -22,8 +22,40 @@ import ml_collections
 from jpq_jax import train as T
 from jpq_jax.compiler import SETTINGS as COMPILER_SETTINGS
 from jpq_jax.sweep.build import _space
-from jpq_jax.sweep.config import (FREE_FORM_GROUPS, KILL_WHEN, METHODS, STOP_SIGNALS, STRATEGIES,
-                                  _field_error, base_config, resolve_method)
+from jpq_jax.sweep.config import (FREE_FORM_GROUPS, KILL_WHEN, METHODS, SCHEDULE_FIELDS,
+                                  SCHEDULE_GROUPS, STOP_SIGNALS, STRATEGIES, _field_error,
+                                  base_config, resolve_method)
+
+
+def _check_schedules(cfg) -> None:
+  """Each phase's ``schedule``: a known kind with exactly its fields.
+
+  Raises:
+    ConfigError: naming the schedule, the unknown kind or field and what is expected.
+  """
+  for path in SCHEDULE_GROUPS:
+    node = cfg
+    for part in path.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+      if node is None:
+        break
+    if node is None:
+      continue
+    kind = node.get("kind", "constant")
+    if kind not in SCHEDULE_FIELDS:
+      raise _field_error(f"{path}.kind", f"unknown schedule {kind!r}; use one of "
+                         f"{tuple(SCHEDULE_FIELDS)}")
+    allowed = ("kind",) + SCHEDULE_FIELDS[kind]
+    for k in node.keys():
+      if k not in allowed:
+        raise _field_error(f"{path}.{k}", f"unknown field for a {kind!r} schedule (a typo?); "
+                           f"its fields are {list(allowed)}")
+    missing = [k for k in SCHEDULE_FIELDS[kind] if k not in node and kind in ("multistep", "step")]
+    if missing:
+      raise _field_error(f"{path}.{missing[0]}", f"a {kind!r} schedule needs {missing}")
+    if kind == "multistep" and len(node["milestones"]) != len(node["factors"]):
+      raise _field_error(f"{path}.factors", f"{len(node['factors'])} factors for "
+                         f"{len(node['milestones'])} milestones (one factor per milestone)")
 
 
 def _check_schema(cfg) -> None:
@@ -35,7 +67,7 @@ def _check_schema(cfg) -> None:
   ref = base_config()
 
   def walk(node, refnode, prefix):
-    if prefix in FREE_FORM_GROUPS:
+    if prefix in FREE_FORM_GROUPS or prefix in SCHEDULE_GROUPS:
       return
     for k in node.keys():
       path = f"{prefix}.{k}" if prefix else k
@@ -48,6 +80,7 @@ def _check_schema(cfg) -> None:
         walk(sub, subref, path)
 
   walk(cfg, ref, "")
+  _check_schedules(cfg)
 
 
 def _writable(directory: str) -> bool:
