@@ -643,22 +643,23 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
     IndexError: no such member.
     CheckpointCorruptError: ``final/`` is damaged (rerunning the sweep rebuilds it).
   """
-  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  # The sweep package's build module, not its driver (which imports this module).
+  from jpq_jax.sweep import build  # pylint: disable=import-outside-toplevel
   final = os.path.join(workdir, "final")
   if not os.path.exists(final):
     raise FileNotFoundError(f"{workdir!r} has no finished sweep (no 'final' checkpoint); run or "
                             "resume the sweep first")
-  cfg = sweep.run_config(workdir)  # the method's search space (e.g. fixed_bits), not the raw one
+  cfg = build.run_config(workdir)  # the method's search space (e.g. fixed_bits), not the raw one
   from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
   results = pareto.load_results(workdir)
   n = len(results["members"])
   if not 0 <= member < n:
     raise IndexError(f"member {member} out of range: the sweep has {n} members (0..{n - 1})")
-  model, table, sample = sweep.build_model_from_config(cfg, results["num_classes"],
+  model, table, sample = build.build_model_from_config(cfg, results["num_classes"],
                                                        tuple(results["input_shape"]))
   if results.get("method") == "pit":
     return model, _pit_member(model, table, sample, final, n, member), table
-  target = sweep.fixed_variables_template(model, sample, n)
+  target = build.fixed_variables_template(model, sample, n)
   try:
     stacked = load_tree(final, target)
   except CheckpointCorruptError as e:
@@ -671,7 +672,7 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
 def _pit_member(model, table, sample, final: str, n: int, member: int) -> Dict[str, Any]:
   """Member ``member`` of a ``pit`` sweep's final checkpoint, masks baked into the kernels."""
   from jpq_jax import pit  # pylint: disable=import-outside-toplevel
-  from jpq_jax.layers import Ctx  # pylint: disable=import-outside-toplevel
+  from jpq_jax.ctx import Ctx  # pylint: disable=import-outside-toplevel
   v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.float()), sample)
   target: Dict[str, Any] = {k: v[k] for k in ("params", "batch_stats")}
   target["pit_mask"] = pit.mask_tree(table, {g.name: jax.ShapeDtypeStruct((g.channels,), np.float32)

@@ -35,6 +35,8 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
+from jpq_jax.sweep.config import FREE_FORM_GROUPS
+
 __all__ = ["main", "load_config", "apply_overrides"]
 
 _EPILOG = """example: jpq sweep && jpq report runs/demo && jpq inspect runs/demo --member 3 --plot m.png
@@ -143,7 +145,8 @@ def _parse_value(text: str, current):
 
 
 # Config groups whose keys are not fixed: an override may add one (``data.options.image_size=32``).
-FREE_FORM = ("data.options",)
+# The sweep config's own list (its schema check skips them); jpq_jax.sweep.config needs no JAX.
+FREE_FORM = FREE_FORM_GROUPS
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

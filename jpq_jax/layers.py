@@ -39,6 +39,7 @@ from flax import struct
 
 from jpq_jax import choice
 from jpq_jax import quant
+from jpq_jax.ctx import MODES, Ctx  # re-exported: the layers' public API names them
 from jpq_jax.table import TABLE_COLLECTION, GroupRecord, LayerRecord
 
 __all__ = [
@@ -53,64 +54,12 @@ __all__ = [
     "Add",
 ]
 
-MODES = ("float", "search", "fixed")
-
 # The deployment export (jpq_jax.export) records the network graph during one abstract trace. Ops
 # applied with QTensor.map/flatten are not Flax modules, so method interception cannot see them;
 # while a recorder is set here (only inside that trace) they report themselves to it. A context
 # variable rather than a static QTensor field keeps QTensor's pytree structure unchanged (a field
 # would make e.g. the two branches of a lax.cond that apply different ops incompatible).
 GRAPH_RECORDER: contextvars.ContextVar = contextvars.ContextVar("jpq_graph_recorder", default=None)
-
-
-@struct.dataclass
-class Ctx:
-  """How to run a model: the mode, training or evaluation, and the sampling state.
-
-  ``mode``, ``train`` and ``sampling`` are static (they change the program); ``temperature`` and
-  ``key`` are arrays (one compile serves every temperature and every Gumbel draw).
-
-  Attributes:
-    mode: ``"float"``, ``"search"`` or ``"fixed"``.
-    train: training mode (BatchNorm batch statistics, dropout, relaxed theta) or evaluation
-      (running statistics, one-hot argmax theta).
-    sampling: training-mode sampling of theta, one of :data:`jpq_jax.choice.SAMPLINGS`.
-    temperature: softmax temperature T (scalar array).
-    key: PRNG key for Gumbel sampling (only needed by ``gumbel``/``gumbel_hard``).
-  """
-  mode: str = struct.field(pytree_node=False, default="float")
-  train: bool = struct.field(pytree_node=False, default=False)
-  sampling: str = struct.field(pytree_node=False, default="softmax")
-  temperature: Any = 1.0
-  key: Optional[jax.Array] = None
-
-  def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
-    if self.sampling not in choice.SAMPLINGS:
-      raise ValueError(f"unknown sampling {self.sampling!r}; expected one of {choice.SAMPLINGS}")
-
-  @classmethod
-  def float(cls, train: bool = False) -> "Ctx":
-    """Float (warm-up) mode."""
-    return cls(mode="float", train=train)
-
-  @classmethod
-  def search(cls, temperature: Any = 1.0, train: bool = False, sampling: str = "softmax",
-             key: Optional[jax.Array] = None) -> "Ctx":
-    """Search mode at temperature ``temperature`` (an array or float).
-
-    Raises:
-      ValueError: a concrete temperature that is not a finite number > 0.
-    """
-    choice.check_temperature(temperature, "Ctx.search")
-    return cls(mode="search", train=train, sampling=sampling,
-               temperature=jnp.asarray(temperature, jnp.float32), key=key)
-
-  @classmethod
-  def fixed(cls, train: bool = False) -> "Ctx":
-    """Fixed-architecture mode (fine-tuning and deployment)."""
-    return cls(mode="fixed", train=train)
 
 
 @struct.dataclass

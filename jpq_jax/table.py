@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jpq_jax import choice
+from jpq_jax.ctx import Ctx
 
 __all__ = ["LayerRecord", "GroupRecord", "LayerTable", "trace_table", "TABLE_COLLECTION"]
 
@@ -225,8 +226,6 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
   Raises:
     ValueError: the model has no searchable layer.
   """
-  from jpq_jax.layers import Ctx  # local import: layers imports this module
-
   if ctx is None:
     ctx = Ctx.search()
   x = jax.ShapeDtypeStruct(sample_input.shape, getattr(sample_input, "dtype", jnp.float32))

@@ -1,0 +1,164 @@
+"""What a sweep config builds: its search space, model, layer table and dataset; a run's config.
+
+Both the driver and :func:`jpq_jax.checkpoint.restore_member` (which rebuilds a finished member's
+model) use these; this module imports neither of them, so they do not import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jpq_jax.ctx import Ctx
+from jpq_jax.layers import SearchSpace
+from jpq_jax.sweep.config import _field_error, resolve_method
+from jpq_jax.table import trace_table
+
+
+def _space(cfg) -> SearchSpace:
+  """The :class:`~jpq_jax.SearchSpace` of ``cfg.model``.
+
+  Raises:
+    ConfigError: an invalid search space (names the ``model`` field at fault).
+  """
+  m = cfg["model"]
+  inp = tuple(m.get("input_precisions") or ()) or None
+  try:
+    return SearchSpace(w_precisions=tuple(m["w_precisions"]), a_precisions=tuple(m["a_precisions"]),
+                       input_precisions=inp, granularity=m["granularity"],
+                       clip_init=float(m["clip_init"]), input_clip_init=float(m["input_clip_init"]),
+                       input_signed=bool(m["input_signed"]),
+                       input_signed_clips=tuple(m["input_signed_clips"]),
+                       activation_mixture=m.get("activation_mixture", "fused"),
+                       keep_alive=m.get("keep_alive", 0))
+  except ValueError as e:
+    field = "model"
+    for f in ("w_precisions", "a_precisions", "input_precisions", "granularity", "clip",
+              "input_signed_clips", "activation_mixture", "keep_alive"):
+      if f in str(e):
+        field = f"model.{f}" if f != "clip" else "model.clip_init"
+        break
+    raise _field_error(field, str(e)) from None
+
+
+def load_dataset(cfg):
+  """The dataset of ``cfg`` through :func:`jpq_jax.data.load`.
+
+  Args:
+    cfg: a sweep config (dict or ConfigDict): ``data.name``, ``data.data_dir`` (empty: None),
+      ``data.options`` (keyword options of the dataset) and ``seed`` (split and subset seed).
+
+  Returns:
+    The :class:`jpq_jax.data.Dataset`.
+
+  Raises:
+    ValueError: unknown dataset name.
+    ConfigError: an option (``data.options``) the dataset does not take.
+    jpq_jax.data.DatasetNotFoundError: the data is not present; the message says how to get it.
+    jpq_jax.data.DataError: malformed data.
+  """
+  # Imported lazily: the data package pulls in tensorflow-datasets, which the library does not need.
+  from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  opts = dict(cfg["data"].get("options") or {})
+  data_dir = cfg["data"].get("data_dir") or None
+  if data_dir and not os.path.exists(os.path.expanduser(str(data_dir))):
+    # Before TFDS looks into it (and logs its own warnings about a missing folder).
+    raise data_lib.DatasetNotFoundError(
+        f"data.data_dir={data_dir!r} does not exist (dataset {cfg['data']['name']!r}); give the "
+        f"path of the data, e.g. `jpq sweep ... data.data_dir=/path/to/cifar10-jpeg.zip` or "
+        f"data_dir= in the config file")
+  try:
+    return data_lib.load(cfg["data"]["name"], data_dir=data_dir, seed=int(cfg["seed"]), **opts)
+  except TypeError as e:
+    if "does not take option" not in str(e):
+      raise
+    raise _field_error("data.options", str(e)) from None
+  except data_lib.DatasetNotFoundError as e:
+    # The data layer speaks Python (load(..., data_dir=...)); a sweep is configured by fields.
+    raise data_lib.DatasetNotFoundError(
+        f"{e}\n  (in a sweep config these are data.name={cfg['data']['name']!r} and "
+        f"data.data_dir={data_dir!r}; from the command line: `jpq sweep ... "
+        f"data.data_dir=PATH`)") from None
+
+
+def _loader_cls():
+  """:class:`jpq_jax.data.Loader`, imported when first needed (see :func:`load_dataset`)."""
+  from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  return data_lib.Loader
+
+
+def run_config(workdir: str) -> Dict[str, Any]:
+  """The config a sweep in ``workdir`` trained with (its method resolved), from ``config.json``.
+
+  The model of a member must be built from this one, not from the config as given: a method
+  rewrites the search space (``fixed`` sets the weight and activation precisions from
+  ``fixed_bits``, ``mixprec`` drops the 0 bit, ...; see :func:`resolve_method`).
+
+  Args:
+    workdir: the sweep's work directory.
+
+  Returns:
+    The resolved config as a dict (``resolved_config`` of ``config.json``; for a work directory
+    written before that was recorded, :func:`resolve_method` of its ``config``).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no ``config.json``.
+    ValueError: ``config.json`` is not valid JSON or holds no config.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir!r} holds no config.json: not a sweep work directory")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+    raise ValueError(f"{path}: holds no sweep config")
+  if isinstance(saved.get("resolved_config"), dict):
+    return saved["resolved_config"]
+  return resolve_method(ml_collections.ConfigDict(saved["config"])).to_dict()
+
+
+def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):
+  """The model, its layer table and a sample input (batch 1) of a sweep config (dict or ConfigDict).
+
+  Args:
+    cfg: a sweep config; its ``model`` section gives the model name and the search space.
+    num_classes: classifier outputs.
+    input_shape: shape of one input example, without the batch axis.
+
+  Returns:
+    ``(model, table, sample)``: the Flax module, its :class:`jpq_jax.table.LayerTable` and a
+    float32 array of zeros of shape ``(1, *input_shape)``.
+
+  Raises:
+    ConfigError: an invalid search space in the ``model`` section (names the field).
+    ValueError: unknown model name.
+  """
+  from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  model = get_model(cfg["model"]["name"], _space(cfg), int(num_classes))
+  sample = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  return model, trace_table(model, sample), sample
+
+
+def fixed_variables_template(model, sample, n_members: int):
+  """Abstract ``{'params', 'precision'}`` of ``n_members`` stacked fixed-mode members.
+
+  Args:
+    model: the Flax model.
+    sample: an input batch for the model (e.g. the ``sample`` of :func:`build_model_from_config`).
+    n_members: number of stacked members (size of the leading axis).
+
+  Returns:
+    A ``{'params', 'precision'}`` tree of ``jax.ShapeDtypeStruct`` (nothing is computed), each
+    leaf with a leading ``(n_members,)`` axis.
+  """
+  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.fixed()), sample)
+  v = {k: v[k] for k in ("params", "precision")}
+  return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_members,) + s.shape, s.dtype), v)
