@@ -40,7 +40,7 @@ def test_kill_and_resume_matches_uninterrupted(reference, tmp_path):
   wd = str(tmp_path / "run")
   p = _cli(["sweep", "--config", cfg, "--workdir", wd, "--no-progress"])
   ckdir = os.path.join(wd, "checkpoints")
-  deadline = time.time() + 240
+  deadline = time.time() + H.SUBPROCESS_TIMEOUT_S
   killed = False
   while time.time() < deadline and p.poll() is None:
     # Kill once a search-epoch checkpoint exists (warm-up done, search under way).
@@ -54,7 +54,7 @@ def test_kill_and_resume_matches_uninterrupted(reference, tmp_path):
   assert killed, "the run finished before it could be killed: " + p.stdout.read().decode()[-2000:]
   assert not os.path.exists(os.path.join(wd, "results.json"))
   p = _cli(["sweep", "--config", cfg, "--workdir", wd, "--no-progress"])
-  out = p.communicate(timeout=240)[0].decode()
+  out = p.communicate(timeout=H.SUBPROCESS_TIMEOUT_S)[0].decode()
   assert p.returncode == 0, out[-3000:]
   with open(os.path.join(wd, "results.json")) as f:
     res = json.load(f)

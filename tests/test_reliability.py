@@ -40,7 +40,7 @@ def _launch(cfg_path, workdir, *overrides):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _run(cfg_path, workdir, *overrides, timeout=300):
+def _run(cfg_path, workdir, *overrides, timeout=H.SUBPROCESS_TIMEOUT_S):
   p = _launch(cfg_path, workdir, *overrides)
   out = p.communicate(timeout=timeout)[0].decode(errors="replace")
   return p.returncode, out
@@ -155,7 +155,7 @@ def _timed_external_kill(cfg_path, wd, step=5, delay=0.3):
   """SIGKILL from this process ``delay`` s after checkpoint ``step`` appears (mid-search)."""
   p = _launch(cfg_path, wd)
   ckdir = os.path.join(wd, "checkpoints")
-  deadline = time.time() + 240
+  deadline = time.time() + H.SUBPROCESS_TIMEOUT_S
   while time.time() < deadline and p.poll() is None:
     if os.path.isdir(os.path.join(ckdir, str(step))):
       time.sleep(delay)

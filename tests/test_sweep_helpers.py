@@ -18,6 +18,10 @@ jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+# Subprocess limits are hang guards only, never performance checks: a loaded 2-core machine runs
+# a tiny sweep 5-10x slower than an idle one (JPQ_TEST_TIMEOUT_S overrides).
+SUBPROCESS_TIMEOUT_S = float(os.environ.get("JPQ_TEST_TIMEOUT_S", 3600))
+
 LAMBDAS = (1e-5, 2e-4, 1e-3)
 
 TINY_CONFIG_SOURCE = '''

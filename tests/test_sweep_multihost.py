@@ -21,7 +21,7 @@ import pytest
 import test_sweep_helpers as H
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 420
+TIMEOUT_S = H.SUBPROCESS_TIMEOUT_S
 
 
 def _free_port() -> int:
@@ -161,7 +161,7 @@ def test_distributed_primitives(tmp_path):
   outs = []
   for p in procs:
     try:
-      outs.append(p.communicate(timeout=120)[0])
+      outs.append(p.communicate(timeout=H.SUBPROCESS_TIMEOUT_S)[0])
     except subprocess.TimeoutExpired:
       p.kill()
       outs.append(p.communicate()[0])

@@ -34,7 +34,7 @@ def _run(wd, warm, devices=2, kill=""):
   script = SCRIPT.format(tests=os.path.dirname(__file__), warm=warm, wd=wd, devices=devices,
                          kill=kill)
   return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=H.SUBPROCESS_TIMEOUT_S)
 
 
 def _losses(wd):

@@ -164,7 +164,7 @@ CLI_ROWS = [
 def _run_cli(argv):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   p = subprocess.run([sys.executable, "-m", "jpq_jax.cli", *argv], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=300)
+                     capture_output=True, text=True, timeout=H.SUBPROCESS_TIMEOUT_S)
   return p.returncode, p.stdout, p.stderr
 
 
