@@ -378,7 +378,11 @@ def main(argv=None) -> int:
       c.warmup.checkpoint = os.path.abspath(os.path.join(wd, "joint", "warmup"))
     t0 = time.time()
     print(f"== {r}: method={c.method} lambdas={tuple(c.sweep.lambdas)}", flush=True)
-    sweep.run_sweep(c, os.path.join(wd, r), progress=False)
+    try:
+      sweep.run_sweep(c, os.path.join(wd, r), progress=False)
+    except sweep.SweepInterrupted as e:  # Ctrl-C / SIGTERM: saved; the same command resumes
+      print(f"== {r}: {e}", flush=True)
+      return 128 + int(e.signum)
     wall[r] = time.time() - t0
     print(f"== {r} done in {wall[r]:.0f} s", flush=True)
   # Reports over every finished run of the work directory, not only this invocation's: a later
