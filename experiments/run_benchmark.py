@@ -140,6 +140,17 @@ CPU_V4_PROTOCOL = dict(
                                            "pit.finetune.schedule": {"kind": "cosine"}}),
     fixed_config={"search.schedule": {"kind": "cosine"}},
 )
+# Fifth version (2026-12-02, candidate): v4 with the search/fine-tune budget moved to the
+# fine-tuning, 6 + 9 epochs (v2's architectures reach their final sizes by search epoch 6; v4's
+# fixed QAT trains 15 epochs at its final precision, the joint fine-tuning 5), the selection
+# window on the last search epoch. The temperature still anneals from 1 to 0.01 (v3's sharp start
+# froze the architectures).
+CPU_V5_PROTOCOL = dict(
+    CPU_V4_PROTOCOL,
+    epochs={"warmup": 15, "search": 6, "finetune": 9, "pit.search": 6, "pit.finetune": 9},
+    search_earlystop_start=4,
+    search_runs_epochs={},
+)
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 512, "val_size": 128, "test_size": 256},
@@ -189,7 +200,7 @@ def _all8_costs(cfg) -> Dict[str, float]:
 
 
 PROTOCOLS = {"cpu": CPU_PROTOCOL, "cpu_v1": CPU_V1_PROTOCOL, "cpu_v3": CPU_V3_PROTOCOL,
-             "cpu_v4": CPU_V4_PROTOCOL,
+             "cpu_v4": CPU_V4_PROTOCOL, "cpu_v5": CPU_V5_PROTOCOL,
              "smoke": SMOKE_PROTOCOL}
 
 

@@ -133,3 +133,9 @@ def test_candidate_protocols_and_overrides_win_over_the_selection_window(rb):
     else:
       assert c.search.schedule.kind == "exp" and c.finetune.schedule.kind == "cosine", r
       assert c.pit.finetune.schedule.kind == "cosine", r
+  v5 = rb.run_configs("cifar10_resnet8", "cpu_v5", "")
+  j = v5["joint"]
+  assert (j.search.epochs, j.finetune.epochs, j.search.temperature) == (6, 9, 1.0)
+  assert j.finetune.schedule.kind == "cosine" and j.search.final_temperature == 0.01
+  assert T.earlystop_start(j.search.epochs, j.train.earlystop_start) == 4
+  assert v5["w8a8"].search.epochs == 15 and v5["w8a8"].search.schedule.kind == "cosine"
