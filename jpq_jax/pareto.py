@@ -62,6 +62,18 @@ def is_healthy(member: Mapping) -> bool:
   return not member.get("failed") and member.get("status", "ok") == "ok"
 
 
+def display_scale(unit: str):
+  """How a cost in ``unit`` is shown to a user: ``(factor, shown unit)`` (bits as kB).
+
+  Args:
+    unit: the cost model's unit (``costs.cost_unit``), e.g. ``'bits'`` or ``'cycles'``.
+
+  Returns:
+    ``(1 / 8000, 'kB')`` for bits, else ``(1.0, unit)``.
+  """
+  return (1 / 8000, "kB") if unit == "bits" else (1.0, unit)
+
+
 def default_cost(results: Mapping) -> str:
   """The cost a sweep's front, table and plot use unless told otherwise.
 
@@ -156,7 +168,7 @@ def plot_front(results: Mapping, path: str, cost: Optional[str] = None,
   metric = metric or default_metric(results)
   unit = results.get("cost_units", {}).get(cost, "")
   shown = "test_acc" if any(m.get("test_acc") is not None for m in results["members"]) else metric
-  scale, unit_label = (1 / 8000, "kB") if unit == "bits" else (1.0, unit)
+  scale, unit_label = display_scale(unit)
   ok = [m for m in results["members"] if not m.get("failed") and m.get(shown) is not None
         and m["costs_argmax"].get(cost) is not None]
   front = front_of_results(results, cost, metric)

@@ -15,13 +15,13 @@ import numpy as np
 def _cost_text(name: str, values) -> str:
   """``size 35.7-77.4 kB``: a cost's range over the members, in the unit a user reads."""
   from jpq_jax import costs as creg  # pylint: disable=import-outside-toplevel
+  from jpq_jax.pareto import display_scale  # pylint: disable=import-outside-toplevel
   v = np.asarray(values, np.float64)
   v = v[np.isfinite(v)]
   if not len(v):
     return f"{name} -"
-  unit = creg.cost_unit(name)
-  if unit == "bits":
-    v, unit = v / 8000.0, "kB"
+  scale, unit = display_scale(creg.cost_unit(name))
+  v = v * scale
   lo, hi = float(v.min()), float(v.max())
   rng = f"{lo:.4g}" if lo == hi else f"{lo:.4g}-{hi:.4g}"
   return f"{name} {rng}{' ' + unit if unit else ''}"
