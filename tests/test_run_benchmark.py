@@ -18,31 +18,45 @@ def rb():
 
 
 def test_cpu_protocol_runs_and_settings(rb):
+  """``cpu`` is the fifth version: every run, the split of the 15 epochs after the warm-up, the
+  selection window, the cosine last phase, the fixed runs' equal budget."""
+  assert rb.PROTOCOLS["cpu"] is rb.CPU_V5_PROTOCOL is rb.PROTOCOLS["cpu_v5"]
   cfgs = rb.run_configs("cifar10_resnet8", "cpu", "/data/c10.zip")
   assert list(cfgs) == list(rb.CPU_PROTOCOL["runs"])
   j = cfgs["joint"]
   assert j.method == "joint" and tuple(j.sweep.lambdas) == rb.CPU_PROTOCOL["lambdas"]
   assert j.data.data_dir == "/data/c10.zip"
   assert j.data.options.train_size == rb.CPU_PROTOCOL["data"]["train_size"]
-  assert j.search.epochs == rb.CPU_PROTOCOL["epochs"]["search"]
-  # Runs with a search phase get the longer PIT search, fixed runs keep the protocol's epochs.
-  assert j.pit.search.epochs == rb.CPU_PROTOCOL["search_runs_epochs"]["pit.search"]
-  assert cfgs["w8a8"].pit.search.epochs == rb.CPU_PROTOCOL["epochs"]["pit.search"]
+  assert (j.search.epochs, j.finetune.epochs) == (6, 9)
+  assert j.finetune.schedule.kind == "cosine" and j.search.schedule.kind == "exp"
+  assert j.pit.search.epochs == 6 and j.pit.finetune.epochs == 9
   for r, bits in (("w8a8", (8, 8)), ("w4a8", (4, 8)), ("w2a8", (2, 8))):
     assert cfgs[r].method == "fixed" and tuple(cfgs[r].fixed_bits) == bits
-    assert cfgs[r].search.epochs == rb.CPU_PROTOCOL["fixed_search_epochs"]
+    # The same budget as the joint search after the warm-up: search + fine-tune epochs.
+    assert cfgs[r].search.epochs == rb.CPU_PROTOCOL["fixed_search_epochs"] == 15
+    assert cfgs[r].search.schedule.kind == "cosine"
   assert cfgs["pit_mixprec"].pit.strength == rb.CPU_PROTOCOL["pit_strength"]
-  # Search phases select their last epoch, fine-tuning keeps best-validation selection, fixed
-  # runs keep the reference rule.
+  # Search phases select their last epoch, fine-tuning phases their best validation epoch of the
+  # last four, fixed runs keep the reference rule.
   from jpq_jax import train as T  # pylint: disable=import-outside-toplevel
   for r in ("joint", "pit_mixprec"):
     c = cfgs[r]
     assert T.earlystop_start(c.search.epochs, c.train.earlystop_start) == c.search.epochs - 2
     assert T.earlystop_start(c.pit.search.epochs, c.train.earlystop_start) == c.pit.search.epochs - 2
-    assert T.earlystop_start(c.finetune.epochs, c.train.earlystop_start) == -1
   assert cfgs["w8a8"].train.earlystop_start == 20
   assert len({c.name for c in cfgs.values()}) == len(cfgs)
   assert {c.sweep.xla_options for c in cfgs.values()} == {"auto"}
+
+
+def test_cpu_v2_protocol_keeps_its_settings(rb):
+  """The second version (its runs in experiments/results/cifar10_cpu/v2_*) stays as it ran."""
+  from jpq_jax import train as T  # pylint: disable=import-outside-toplevel
+  cfgs = rb.run_configs("cifar10_resnet8", "cpu_v2", "")
+  j = cfgs["joint"]
+  assert (j.search.epochs, j.finetune.epochs, j.pit.search.epochs) == (10, 5, 10)
+  assert j.finetune.schedule.kind == "exp" and cfgs["w8a8"].search.schedule.kind == "exp"
+  assert cfgs["w8a8"].pit.search.epochs == 8
+  assert T.earlystop_start(j.finetune.epochs, j.train.earlystop_start) == -1
 
 
 def test_code_path_options_reach_every_run(rb):
@@ -88,7 +102,7 @@ def test_cpu_protocol_v2_settings_seed_and_overrides(rb):
   """The CPU protocol's named options reach the searching runs only; --seed and --set apply to
   every run; the first CPU protocol stays available unchanged (reference semantics)."""
   from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
-  cfgs = rb.run_configs("cifar10_resnet8", "cpu", "", seed=15,
+  cfgs = rb.run_configs("cifar10_resnet8", "cpu_v2", "", seed=15,
                         overrides=rb.parse_overrides(["train.eval_batch_size=128"]))
   for r, c in cfgs.items():
     sweep.validate_config(c)
