@@ -465,7 +465,8 @@ def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = 
 
   Raises:
     BundleError: no frozen architecture, an unexportable graph (unnamed op, unknown tensor origin,
-      a depthwise conv whose mask differs from its input's), or a bias overflowing 32 bits.
+      a depthwise conv whose mask differs from its input's), a fully pruned group (a degenerate
+      member), a bias overflowing 32 bits, or an unknown ``requant``.
   """
   if requant not in ("float", "fixed_point"):
     raise BundleError(f"unknown requant {requant!r}; expected 'float' or 'fixed_point'")
@@ -510,6 +511,9 @@ def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = 
       raise BundleError(f"group {g.name!r}: w_bits {bad} not among its precisions {g.w_precisions}")
     out_idx = kept[g.name]
     in_idx = kept[in_g.name]
+    if out_idx.size == 0:
+      raise BundleError(f"cannot export a degenerate member: layer {rec.name!r} keeps no output "
+                        f"channel (every channel of group {g.name!r} is at 0 bits)")
     if rec.kind == "dense" and rec.in_mult > 1:
       # Channels-last flatten: feature s * C + c for spatial position s and channel c.
       in_idx = (np.arange(rec.in_mult)[:, None] * in_g.channels + in_idx[None, :]).ravel()

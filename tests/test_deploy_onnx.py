@@ -14,8 +14,8 @@ import onnx
 import pytest
 
 import test_sweep_helpers as H  # also turns on the persistent compilation cache
-from test_export import (_apply_fixed, _assert_reproduces, _random_vars, _set_precision,  # noqa: F401
-                         demo)  # the trained demo member (a module fixture)
+from test_export import (FlatNet, _apply_fixed, _assert_reproduces, _random_vars,  # noqa: F401
+                         _set_precision, demo)  # the trained demo member (a module fixture)
 import jpq_jax as jpq
 from jpq_jax import cli, export, models
 from jpq_jax.deploy import fixed_point, onnx_export
@@ -212,7 +212,14 @@ def test_bad_input(resnet8, monkeypatch):
   with pytest.raises(ValueError, match="unknown ONNX flavor 'tflite'"):
     export.to_onnx(bundle, flavor="tflite")
   # Degenerate: a fully pruned group (the network's output no longer depends on its input).
-  m = json.loads(json.dumps(bundle.manifest))
+  flat = FlatNet()
+  x = np.ones((2, 12, 12, 2), np.float32)
+  fv = _random_vars(flat, x)
+  fv["precision"] = jax.tree_util.tree_map(lambda v: v + 8, fv["precision"])
+  fv["precision"]["g1"]["w_bits"] = np.zeros_like(fv["precision"]["g1"]["w_bits"])
+  with pytest.raises(export.BundleError, match="degenerate member: layer 'c1' keeps no output"):
+    export.export_model(flat, fv, None, x)
+  m = json.loads(json.dumps(bundle.manifest))  # an in-memory bundle that was not checked so
   m["layers"]["convblock2_conv1"]["cout"] = 0
   with pytest.raises(export.BundleError, match="degenerate member: layer 'convblock2_conv1'"):
     export.to_onnx(export.Bundle(manifest=m, arrays=bundle.arrays))

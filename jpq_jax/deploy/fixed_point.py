@@ -1,14 +1,15 @@
 """Integer-only requantization of a bundle: fixed-point multipliers and shifts (MCU targets).
 
 The float bundle (:func:`jpq_jax.export.run_bundle`) rescales every accumulator with float32
-arithmetic, as the fake-quant graph does: ``code = floor(k_out * clamp(acc * m_in * s_w + B * s_b))``.
+arithmetic, as the fake-quant graph does:
+``code = floor(k_out * clamp(acc * m_in * s_w + B * s_b))``.
 An MCU kernel (CMSIS-NN, TFLite Micro) instead multiplies the int32 accumulator by an int32
 mantissa and shifts. With ``requant="fixed_point"`` the export derives, per output channel:
 
 * ``bias_acc = round(B * s_b / (m_in * s_w))``: the int32 bias on the accumulator's own scale
   (the bias quantizer's scale ``s_a * s_w`` uses the clip without PACT's ``1e-3``, the step does);
-* ``M = k_out * m_in * s_w = m0 * 2^-shift`` with ``m0`` in ``[2^30, 2^31)`` (a Q31 mantissa, TFLite's
-  ``QuantizeMultiplier``);
+* ``M = k_out * m_in * s_w = m0 * 2^-shift`` with ``m0`` in ``[2^30, 2^31)`` (a Q31 mantissa,
+  TFLite's ``QuantizeMultiplier``);
 * the codes ``clamp((acc + bias_acc) * m0 >> shift, lo, hi)``, where ``lo, hi`` are the codes of the
   clip values. The shift is arithmetic, i.e. it *floors*, as PACT does (TFLite rounds; PACT's
   ``floor`` is the searched network's semantics). ``m_in`` is the input's static multiplier: ``1/k``
@@ -66,7 +67,8 @@ def quantize_multiplier(m) -> Tuple[np.ndarray, np.ndarray]:
 def _codes_range(q: Mapping) -> Tuple[int, int]:
   """Codes of the clip values, with the float32 arithmetic of the float bundle's requantization."""
   k = _F32(q["k"])
-  lo, hi = ((_F32(q["clip_inf"]), _F32(q["clip_sup"])) if q["signed"] else (_F32(0), _F32(q["clip"])))
+  lo, hi = ((_F32(q["clip_inf"]), _F32(q["clip_sup"])) if q["signed"]
+            else (_F32(0), _F32(q["clip"])))
   return int(np.floor(k * lo)), int(np.floor(k * hi))
 
 
@@ -151,12 +153,13 @@ def run_integer(bundle, x: np.ndarray, activations: Optional[Dict[str, Any]] = N
     jpq_jax.export.BundleError: an accumulator beyond 32 bits (the fixed-point product would not be
     exact), or a bundle without the fixed-point plan.
   """
-  from jpq_jax import export as ex  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel,protected-access
+  from jpq_jax import export as ex
   m, a = bundle.manifest, bundle.arrays
   if m.get("requant") != "fixed_point":
     raise ex.BundleError("run_integer needs a bundle exported with requant='fixed_point'")
   fx = m["fixed_point"]
-  weights = {name: ex._layer_weights(bundle, name) for name in m["layers"]}  # pylint: disable=protected-access
+  weights = {name: ex._layer_weights(bundle, name) for name in m["layers"]}
   vals: Dict[int, Any] = {}
   out = None
   for n in m["nodes"]:
@@ -165,11 +168,11 @@ def run_integer(bundle, x: np.ndarray, activations: Optional[Dict[str, Any]] = N
     if op == "input":
       out = np.asarray(x, _F32)
     elif op == "input_quant":
-      out = ex._requant(ins[0], m["quantizers"][n["group"]]).codes  # pylint: disable=protected-access
+      out = ex._requant(ins[0], m["quantizers"][n["group"]]).codes
     elif op in ("conv", "dense"):
       w, _ = weights[n["name"]]
       k = lambda what: a[f"{n['name'].replace('/', '.')}.{what}"].astype(np.int64)
-      acc = (ex._conv_int(ins[0], w, n["strides"], n["padding"], n["depthwise"])  # pylint: disable=protected-access
+      acc = (ex._conv_int(ins[0], w, n["strides"], n["padding"], n["depthwise"])
              if op == "conv" else ins[0] @ w) + k("fx_bias")
       if acc.size and np.abs(acc).max() >= 2**31:
         raise ex.BundleError(f"layer {n['name']!r}: an accumulator exceeds 32 bits")

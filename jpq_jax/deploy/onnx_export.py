@@ -19,9 +19,9 @@ rounds half to even, and ``round(v - 1/2) = floor(v)`` except where ``v`` is an 
 whose operands share its grid so that ``k * z`` sits on integers, is instead recomputed from the
 operands' codes with JAX's float32 arithmetic (``Cast``, ``Div``, ``Add``, ``Clip``, ``Mul``,
 ``Floor``; see :meth:`_Writer.add_like_jax`), then QDQ'd losslessly. Average
-pools are followed by a 16-bit QDQ at step ``1/(k * window)`` (the window sum of codes, exact) so that
-the classifier reads a dequantized integer tensor too. The graph takes NHWC input (as jpq does) and
-transposes it to NCHW once.
+pools are followed by a 16-bit QDQ at step ``1/(k * window)`` (the window sum of codes, exact) so
+that the classifier reads a dequantized integer tensor too. The graph takes NHWC input (as jpq
+does) and transposes it to NCHW once.
 
 **QONNX (``flavor="qonnx"``).** The same graph, with QONNX ``Quant`` nodes (domain
 ``qonnx.custom_op.general``) instead: float32 weights ``q * s_w`` through ``Quant`` with the
@@ -88,7 +88,7 @@ def require(module: str):
                       "installed: pip install 'jpq-jax[onnx]'") from None
 
 
-def _probe(onnx, ort, opset: int, proto_type: int, np_type) -> bool:
+def _probe(onnx, ort, opset: int, np_type) -> bool:
   """Whether a QuantizeLinear/DequantizeLinear pair and a per-axis DequantizeLinear of an
   initializer of this type pass the checker (and run in onnxruntime, when installed)."""
   h, nh = onnx.helper, onnx.numpy_helper
@@ -135,7 +135,7 @@ def capabilities() -> Dict[str, Any]:
     if opset > onnx.defs.onnx_opset_version():
       continue
     found = {kind: [(b, name) for b, name, np_type in cands if hasattr(onnx.TensorProto, name)
-                    and _probe(onnx, ort, opset, getattr(onnx.TensorProto, name), np_type)]
+                    and _probe(onnx, ort, opset, np_type)]
              for kind, cands in _TYPES.items()}
     if all(any(b == 8 for b, _ in v) for v in found.values()):
       by = f"onnxruntime {ort.__version__}" if ort is not None else "onnx.checker only"
@@ -355,7 +355,9 @@ class _Writer:
     if op.kind == "global_avg_pool":
       out = self.g.op("GlobalAveragePool", [name], "global_avg_pool")
       return self.requant_sum(out, quant, int(in_shape[0] * in_shape[1]), "global_avg_pool")
-    (t, b), (left, r) = ops_lib._pool_pads(in_shape[:2], op.window, op.strides, op.padding)  # pylint: disable=protected-access
+    pads = ops_lib._pool_pads(  # pylint: disable=protected-access
+        in_shape[:2], op.window, op.strides, op.padding)
+    (t, b), (left, r) = pads
     kw = dict(kernel_shape=list(op.window), strides=list(op.strides), pads=[t, left, b, r])
     if op.kind == "max_pool":
       return self.g.op("MaxPool", [name], "max_pool", **kw), quant
@@ -373,7 +375,8 @@ class _Writer:
       op = n["op"]
       x = vals[n["inputs"][0]] if n["inputs"] else None
       if op == "input":
-        name = "x" if len(n["shape"]) != 3 else g.op("Transpose", ["x"], "x.nchw", perm=[0, 3, 1, 2])
+        name = ("x" if len(n["shape"]) != 3
+                else g.op("Transpose", ["x"], "x.nchw", perm=[0, 3, 1, 2]))
         out = (name, None, np.arange(n["shape"][-1]))
       elif op == "input_quant":
         out = self.quantize(x[0], m["quantizers"][n["group"]], n["name"]) + (x[2],)
@@ -537,9 +540,10 @@ def run_qonnx(model, x: np.ndarray) -> np.ndarray:
   """
   onnx = require("onnx")
   require("qonnx")
-  from qonnx.core.modelwrapper import ModelWrapper  # pylint: disable=import-outside-toplevel
-  from qonnx.core.onnx_exec import execute_onnx  # pylint: disable=import-outside-toplevel
-  from qonnx.transformation.infer_shapes import InferShapes  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from qonnx.core.modelwrapper import ModelWrapper
+  from qonnx.core.onnx_exec import execute_onnx
+  from qonnx.transformation.infer_shapes import InferShapes
   proto = onnx.load(model) if isinstance(model, str) else onnx.ModelProto.FromString(
       model.SerializeToString())
   # qonnx executes on fully specified shapes: fix the batch axis to this batch.
