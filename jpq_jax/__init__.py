@@ -8,7 +8,8 @@ The public API, re-exported here:
 * cost models and their registry (:mod:`jpq_jax.costs`);
 * the static layer table (:func:`trace_table`), theta per group (:func:`thetas`), freezing
   (:func:`freeze`) and conversion of a float model to search form (:func:`to_search`);
-* deployment export to a pruned integer bundle with numpy inference (:mod:`jpq_jax.export`);
+* deployment export to a pruned integer bundle with numpy inference (:mod:`jpq_jax.export`), to
+  ONNX / QONNX and with integer-only requantization (:mod:`jpq_jax.deploy`);
 * the Pareto sweep driver (:func:`run_sweep`) and single-member restore (:func:`restore_member`);
 * :func:`compiler_options`: the XLA options jpq compiles its steps with (pass them to ``jax.jit``
   when you compile your own training step around jpq layers).
@@ -18,9 +19,9 @@ import importlib as _importlib
 
 # Lazy: ``import jpq_jax`` is cheap (the ``jpq`` command's help, report and inspect start in well
 # under a second); JAX, Flax and Orbax load when a name that needs them is first used (PEP 562).
-_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "costs", "data", "export",
-               "fold", "layers", "models", "ops", "pareto", "pit", "quant", "sweep", "table",
-               "train")
+_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "costs", "data", "deploy",
+               "export", "fold", "layers", "models", "ops", "pareto", "pit", "quant", "sweep",
+               "table", "train")
 _NAMES = {
     "GroupTheta": "arch", "freeze": "arch", "precision_summary": "arch", "thetas": "arch",
     "fold_batchnorm": "fold", "to_fixed": "fold", "to_search": "fold",
@@ -38,7 +39,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Add", "Conv", "Ctx", "Dense", "Group", "GroupRecord", "GroupTheta", "InputQuantizer",
     "LayerRecord", "LayerTable", "MODES", "QTensor", "SearchSpace", "choice", "freeze",
-    "compare", "compiler_options", "costs", "data", "export", "pit", "ops", "precision_summary",
+    "compare", "compiler_options", "costs", "data", "deploy", "export", "pit", "ops",
+    "precision_summary",
     "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "SweepInterrupted",
     "quant", "thetas",
     "trace_table", "fold_batchnorm", "to_fixed", "to_search",

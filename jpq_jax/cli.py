@@ -317,10 +317,26 @@ def _cmd_export(args, rest) -> int:
   from jpq_jax import export  # pylint: disable=import-outside-toplevel
   if rest:
     raise SystemExit(f"jpq export: unexpected arguments {rest}")
+  if args.format != "bundle":
+    if args.requant != "float":
+      raise ValueError("--requant applies to the bundle (--format bundle); ONNX/QONNX hold the "
+                       "quantizers' scales and leave requantization to the runtime")
+    from jpq_jax.deploy import onnx_export  # pylint: disable=import-outside-toplevel
+    onnx_export.require("onnx")  # before the export's work: a missing extra is one line
+    bundle = export.export_member(args.workdir, args.member, None, allow_failed=args.allow_failed)
+    model = export.to_onnx(bundle, args.out, flavor=args.format)
+    props = {p.key: p.value for p in model.metadata_props}
+    print(bundle.report())
+    print(f"{args.format} model: {os.path.abspath(args.out)} (opset {props['jpq.opset']}, checked "
+          f"by onnx.checker); weight payload in the file "
+          f"{onnx_export.weight_payload_bytes(model):,} B; size cost {bundle.payload_bits:,} bits "
+          f"= {bundle.payload_bits / 8:,.1f} B")
+    return 0
   bundle = export.export_member(args.workdir, args.member, args.out,
-                                allow_failed=args.allow_failed)
+                                allow_failed=args.allow_failed, requant=args.requant)
   print(bundle.report())
-  print(f"bundle: {os.path.abspath(args.out)} (manifest.json, weights.npz)")
+  print(f"bundle: {os.path.abspath(args.out)} (manifest.json, weights.npz"
+        + (", integer-only fixed-point requantization)" if args.requant == "fixed_point" else ")"))
   return 0
 
 
@@ -385,10 +401,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--model", default="", help="print a built-in model's layer table (no run needed)")
   p.add_argument("--plot", default="", metavar="PNG",
                  help="also write the member's layers x bit-widths heatmap to this image (+ .pdf)")
-  p = sub.add_parser("export", help="export one member as a compact integer bundle")
+  p = sub.add_parser("export", help="export one member as a compact integer bundle, ONNX or QONNX")
   p.add_argument("workdir")
   p.add_argument("--member", type=int, default=0)
-  p.add_argument("--out", required=True, help="bundle directory to write")
+  p.add_argument("--out", required=True,
+                 help="bundle directory to write (the .onnx file for --format onnx/qonnx)")
+  p.add_argument("--format", choices=("bundle", "onnx", "qonnx"), default="bundle",
+                 help="bundle (jpq's, numpy inference), onnx (QuantizeLinear/DequantizeLinear, "
+                      "onnxruntime) or qonnx (Quant nodes with exact bit-widths); onnx/qonnx need "
+                      "pip install 'jpq-jax[onnx]'")
+  p.add_argument("--requant", choices=("float", "fixed_point"), default="float",
+                 help="bundle only: fixed_point stores int32 multipliers and shifts and runs "
+                      "integer-only (MCU-style) instead of float32 rescaling")
   p.add_argument("--allow-failed", action="store_true",
                  help="export a member the sweep marked failed (refused by default)")
   p = sub.add_parser("compare", help="compare the fronts of several sweeps (iso-accuracy)")

@@ -39,8 +39,10 @@ flips (3.4e-3 on a README-sized model).
 **Limits.** Only ordinary and depthwise convs (the library has no other grouped conv). In a
 layer-wise (``granularity="layer"``) group a 0-bit layer is removed whole, which is exact, but the
 size cost does not count it as pruning its consumers' inputs, so the payload is then smaller than
-that cost. Activation codes and requantization use float32 scales, as the fake-quant graph does
-(no fixed-point multiplier is derived for an MCU).
+that cost. Activation codes and requantization use float32 scales, as the fake-quant graph does;
+``requant="fixed_point"`` derives int32 multipliers and shifts instead and runs integer-only
+(:mod:`jpq_jax.deploy.fixed_point`). :func:`to_onnx` writes the bundle as ONNX or QONNX
+(:mod:`jpq_jax.deploy.onnx_export`).
 
 **How the topology is found.** The :class:`~jpq_jax.LayerTable` records conv/dense layers and
 groups but not the adds and the ops between them. :func:`trace_graph` runs one abstract trace
@@ -80,7 +82,7 @@ from jpq_jax.layers import (GRAPH_RECORDER, Add, Conv, Ctx, Dense, InputQuantize
 from jpq_jax.table import GroupRecord, LayerTable, trace_table
 
 __all__ = ["FORMAT_VERSION", "BundleError", "Bundle", "trace_graph", "export_model",
-           "export_member", "load_bundle", "run_bundle", "pack_codes", "unpack_codes"]
+           "export_member", "to_onnx", "load_bundle", "run_bundle", "pack_codes", "unpack_codes"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -446,7 +448,7 @@ def _kept(g: GroupRecord, prec: Mapping) -> np.ndarray:
 
 
 def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = None,
-                 sample_input: Any = None) -> Bundle:
+                 sample_input: Any = None, requant: str = "float") -> Bundle:
   """Export a fixed-architecture model as a compact integer :class:`Bundle`.
 
   Args:
@@ -454,14 +456,20 @@ def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = 
     fixed_vars: ``{'params', 'precision'}`` (a frozen architecture and its fine-tuned weights).
     table: the model's layer table (traced when None).
     sample_input: array or ShapeDtypeStruct with the input shape (batch included; any batch).
+    requant: ``"float"`` (float32 rescaling, as the fake-quant graph) or ``"fixed_point"``
+      (also stores int32 multipliers and shifts; :func:`run_bundle` then runs integer-only, see
+      :mod:`jpq_jax.deploy.fixed_point`).
 
   Returns:
     The bundle (call :meth:`Bundle.save` to write it).
 
   Raises:
     BundleError: no frozen architecture, an unexportable graph (unnamed op, unknown tensor origin,
-      a depthwise conv whose mask differs from its input's), or a bias overflowing 32 bits.
+      a depthwise conv whose mask differs from its input's), a fully pruned group (a degenerate
+      member), a bias overflowing 32 bits, or an unknown ``requant``.
   """
+  if requant not in ("float", "fixed_point"):
+    raise BundleError(f"unknown requant {requant!r}; expected 'float' or 'fixed_point'")
   if sample_input is None:
     raise BundleError("export_model needs a sample_input (its shape; the batch size is irrelevant)")
   if not isinstance(fixed_vars, Mapping) or "precision" not in fixed_vars:
@@ -503,6 +511,9 @@ def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = 
       raise BundleError(f"group {g.name!r}: w_bits {bad} not among its precisions {g.w_precisions}")
     out_idx = kept[g.name]
     in_idx = kept[in_g.name]
+    if out_idx.size == 0:
+      raise BundleError(f"cannot export a degenerate member: layer {rec.name!r} keeps no output "
+                        f"channel (every channel of group {g.name!r} is at 0 bits)")
     if rec.kind == "dense" and rec.in_mult > 1:
       # Channels-last flatten: feature s * C + c for spatial position s and channel c.
       in_idx = (np.arange(rec.in_mult)[:, None] * in_g.channels + in_idx[None, :]).ravel()
@@ -564,23 +575,29 @@ def export_model(model: Any, fixed_vars: Mapping, table: Optional[LayerTable] = 
       "nodes": nodes,
       "output": graph["output"],
       "layers": layers,
-      "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _sha(a)}
-                 for k, a in arrays.items()},
   }
+  if requant == "fixed_point":
+    from jpq_jax.deploy import fixed_point  # pylint: disable=import-outside-toplevel
+    probe = Bundle(manifest=manifest, arrays=arrays)
+    fixed_point.add_plan(manifest, arrays, lambda name: _layer_weights(probe, name)[1])
+  manifest["arrays"] = {k: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _sha(a)}
+                        for k, a in arrays.items()}
   return Bundle(manifest=manifest, arrays=arrays)
 
 
-def export_member(workdir: str, member: int, out: str, allow_failed: bool = False) -> Bundle:
+def export_member(workdir: str, member: int, out: Optional[str], allow_failed: bool = False,
+                  requant: str = "float") -> Bundle:
   """Export member ``member`` of a finished sweep in ``workdir`` to the bundle directory ``out``.
 
   Args:
     workdir: the sweep's work directory.
     member: member index (as in ``results.json``).
-    out: bundle directory (created).
+    out: bundle directory (created); None: do not save (e.g. to convert it with :func:`to_onnx`).
     allow_failed: export a member the sweep marked failed (non-finite loss) or not ``ok`` too.
+    requant: ``"float"`` or ``"fixed_point"`` (see :func:`export_model`).
 
   Returns:
-    The saved bundle.
+    The bundle (saved when ``out`` is given).
 
   Raises:
     FileNotFoundError: the sweep has not finished. IndexError: no such member.
@@ -605,10 +622,34 @@ def export_member(workdir: str, member: int, out: str, allow_failed: bool = Fals
                       "--allow-failed)")
   shape = tuple(results["input_shape"])
   sample = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)  # input_shape has no batch axis
-  bundle = export_model(model, variables, table, sample)
+  bundle = export_model(model, variables, table, sample, requant=requant)
   bundle.manifest["source"] = {"workdir": os.path.abspath(workdir), "member": int(member)}
-  bundle.save(out)
+  if out:
+    bundle.save(out)
   return bundle
+
+
+def to_onnx(bundle: Bundle, path: Optional[str] = None, flavor: str = "onnx"):
+  """The bundle's network as an ONNX (QDQ) or QONNX model; see :mod:`jpq_jax.deploy.onnx_export`.
+
+  Args:
+    bundle: from :func:`export_model`, :func:`export_member` or :func:`load_bundle`.
+    path: also write the model to this ``.onnx`` file.
+    flavor: ``"onnx"`` (QuantizeLinear/DequantizeLinear, onnxruntime) or ``"qonnx"``.
+
+  Returns:
+    The checked ``onnx.ModelProto``.
+
+  Raises:
+    ImportError: onnx is not installed (``pip install 'jpq-jax[onnx]'``). BundleError: a
+    degenerate member, or an op or bit-width the format cannot express.
+  """
+  from jpq_jax.deploy import onnx_export  # pylint: disable=import-outside-toplevel
+  model = onnx_export.to_onnx(bundle, flavor)
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    onnx_export.require("onnx").save(model, path)
+  return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -755,7 +796,8 @@ def run_bundle(bundle: Bundle, x: np.ndarray,
     bundle: from :func:`export_model` or :func:`load_bundle`.
     x: float input ``(N, *input_shape)``.
     activations: if a dict, it receives ``{name: (codes, multiplier)}`` of every quantizer, layer
-      and add output (pruned channels absent), for debugging a deployment layer by layer.
+      and add output (pruned channels absent), for debugging a deployment layer by layer. A
+      bundle exported with ``requant="fixed_point"`` runs integer-only (multiplier ``None``).
 
   Returns:
     Logits, float32 numpy ``(N, classes)``.
@@ -768,6 +810,9 @@ def run_bundle(bundle: Bundle, x: np.ndarray,
   if list(x.shape[1:]) != m["input"]["shape"]:
     raise BundleError(f"run_bundle: input shape {x.shape[1:]} does not match the bundle's "
                       f"{tuple(m['input']['shape'])}")
+  if m.get("requant") == "fixed_point":  # integer-only requantization (jpq_jax.deploy.fixed_point)
+    from jpq_jax.deploy import fixed_point  # pylint: disable=import-outside-toplevel
+    return fixed_point.run_integer(bundle, x, activations)
   quantizers = m["quantizers"]
   weights = {name: _layer_weights(bundle, name) for name in m["layers"]}
   vals: Dict[int, Any] = {}

@@ -33,3 +33,19 @@ def test_custom_network_example_runs(capsys, tmp_path, monkeypatch):
   assert (tmp_path / "tiny_bundle" / "manifest.json").exists()
   out = capsys.readouterr().out
   assert "conv_b" in out and "g_res" in out
+
+
+def test_deploy_onnx_example_runs(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ns: dict = {}
+  exec(compile(_example("custom-network"), "README.md:custom-network", "exec"), ns)
+  exec(compile(_example("deploy-onnx"), "README.md:deploy-onnx", "exec"), ns)
+  import numpy as np
+  ref = np.asarray(ns["logits"])
+  for name in ("ort_logits", "qonnx_logits"):
+    np.testing.assert_allclose(ns[name], ref, atol=1e-4, err_msg=name)
+  # Integer-only: exact residual sums, within a few % of the logit range of the float path.
+  np.testing.assert_allclose(ns["int_only_logits"], ns["int_logits"],
+                             atol=0.05 * float(np.abs(ref).max()))
+  assert (tmp_path / "tiny.onnx").exists()
+  assert "weight bytes" in capsys.readouterr().out
