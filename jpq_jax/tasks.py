@@ -86,7 +86,9 @@ class Task:
 
   @property
   def options(self) -> Dict[str, Any]:
-    return {}
+    """The constructor's arguments as this task holds them (same-named attributes)."""
+    params = inspect.signature(type(self).__init__).parameters
+    return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
 
   def prepare(self, dataset) -> "Task":
     """The task bound to the run's dataset (e.g. its class weights); default: itself.
@@ -256,11 +258,12 @@ class Regression(Task):
       raise TaskError(f"{self.name}: target must be 'label' or 'input', got {target!r}", "target")
     self.target = target
 
-  @property
-  def options(self) -> Dict[str, Any]:
-    return {"target": self.target}
+  def residual(self, out, x, y) -> jax.Array:
+    """``out - target`` per example, flattened: ``(N, elements)`` float32.
 
-  def _diff(self, out, x, y):
+    Raises:
+      ValueError: the output's shape is not the target's.
+    """
     t = (x if self.target == "input" else y).astype(jnp.float32)
     o = out.astype(jnp.float32)
     if self.target == "label" and o.ndim == 2 and o.shape[1] == 1:
@@ -272,12 +275,12 @@ class Regression(Task):
     return (o - t).reshape(o.shape[0], -1)
 
   def loss(self, out, x, y):
-    d = self._diff(out, x, y)
+    d = self.residual(out, x, y)
     per = jnp.mean(d * d, axis=1)
     return per.sum(), jnp.asarray(per.shape[0], jnp.float32)
 
   def eval_sums(self, out, x, y, mask):
-    d = self._diff(out, x, y)
+    d = self.residual(out, x, y)
     return {"se_sum": jnp.sum(jnp.mean(d * d, axis=1) * mask),
             "ae_sum": jnp.sum(jnp.mean(jnp.abs(d), axis=1) * mask), "count": jnp.sum(mask)}
 

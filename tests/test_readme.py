@@ -33,3 +33,18 @@ def test_custom_network_example_runs(capsys, tmp_path, monkeypatch):
   assert (tmp_path / "tiny_bundle" / "manifest.json").exists()
   out = capsys.readouterr().out
   assert "conv_b" in out and "g_res" in out
+
+
+def test_custom_task_example_runs():
+  from jpq_jax import tasks
+  ns: dict = {}
+  try:
+    exec(compile(_example("custom-task"), "README.md:custom-task", "exec"), ns)
+    task = tasks.get_task("huber", {"delta": 0.05})
+    assert task.options == {"delta": 0.05, "target": "input"} and task.selection == "loss"
+    import jax.numpy as jnp
+    x = jnp.zeros((2, 4, 4, 1))
+    s, n = task.loss(x + 1.0, x, jnp.zeros((2,), jnp.int32))  # |d| = 1 > delta: linear part
+    assert abs(float(s / n) - 0.05 * (1 - 0.025)) < 1e-6
+  finally:
+    tasks.TASKS.pop("huber", None)
