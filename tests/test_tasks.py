@@ -261,3 +261,19 @@ def test_compare_at_iso_loss(tmp_path):
   assert comp["metric_label"] == "test MSE (lower is better)" and comp["higher_is_better"] is False
   with pytest.raises(ValueError, match="cannot compare"):
     compare.iso_accuracy(joint, compare.load_run(str(tmp_path / "w8a8"), metric="test_mae"))
+
+
+def test_a_run_of_jpq_before_tasks_resumes(tmp_path):
+  """Its config.json has train.monitor 'acc' and no task section: what 'auto' and the default task
+  mean today, so the same config resumes it; another task does not."""
+  c = H.tiny_config()
+  old = json.loads(c.to_json_best_effort())
+  old["train"]["monitor"] = "acc"
+  old["sweep"]["pareto_metric"] = "val_acc"
+  del old["task"]
+  (tmp_path / "warmup").mkdir()  # something trained: the config is checked
+  (tmp_path / "config.json").write_text(json.dumps({"config": old}))
+  sweep.validate_config(c, str(tmp_path))
+  c.task.name = "reconstruction"
+  with pytest.raises(sweep.ConfigError, match="holds another run.*task.name"):
+    sweep.validate_config(c, str(tmp_path))
