@@ -11,6 +11,7 @@ The public API, re-exported here:
 * deployment export to a pruned integer bundle with numpy inference (:mod:`jpq_jax.export`), to
   ONNX / QONNX and with integer-only requantization (:mod:`jpq_jax.deploy`);
 * the Pareto sweep driver (:func:`run_sweep`) and single-member restore (:func:`restore_member`);
+* tasks, the loss and metrics a sweep trains and selects on (:mod:`jpq_jax.tasks`);
 * :func:`compiler_options`: the XLA options jpq compiles its steps with (pass them to ``jax.jit``
   when you compile your own training step around jpq layers).
 """
@@ -21,7 +22,7 @@ import importlib as _importlib
 # under a second); JAX, Flax and Orbax load when a name that needs them is first used (PEP 562).
 _SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "costs", "data", "deploy",
                "export", "fold", "layers", "models", "ops", "pareto", "pit", "quant", "sweep",
-               "table", "train")
+               "table", "tasks", "train")
 _NAMES = {
     "GroupTheta": "arch", "freeze": "arch", "precision_summary": "arch", "thetas": "arch",
     "fold_batchnorm": "fold", "to_fixed": "fold", "to_search": "fold",
@@ -42,7 +43,7 @@ __all__ = [
     "compare", "compiler_options", "costs", "data", "deploy", "export", "pit", "ops",
     "precision_summary",
     "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "SweepInterrupted",
-    "quant", "thetas",
+    "quant", "tasks", "thetas",
     "trace_table", "fold_batchnorm", "to_fixed", "to_search",
 ]
 

@@ -415,15 +415,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "integer-only (MCU-style) instead of float32 rescaling")
   p.add_argument("--allow-failed", action="store_true",
                  help="export a member the sweep marked failed (refused by default)")
-  p = sub.add_parser("compare", help="compare the fronts of several sweeps (iso-accuracy)")
+  p = sub.add_parser("compare", help="compare the fronts of several sweeps (iso-accuracy, or "
+                     "iso-loss for a lower-is-better task metric)")
   p.add_argument("workdirs", nargs="+", help="sweep work directories (the first is the reference)")
   p.add_argument("--out", default="compare", help="output directory (default ./compare)")
   p.add_argument("--cost", default=None, help="cost of the x axis (default: each run's own)")
-  p.add_argument("--metric", default="test_acc",
-                 help="accuracy reported and compared at iso-accuracy (test_acc or val_acc)")
-  p.add_argument("--select", default="val_acc",
-                 help="accuracy that chooses each front's points (default val_acc: the test set "
-                      "never picks them; test_acc is the explicit, optimistic choice)")
+  p.add_argument("--metric", default=None,
+                 help="metric reported and compared at iso-metric (default test_<m> of the runs' "
+                      "task metric m: test_acc for a classification, test_loss for a regression)")
+  p.add_argument("--select", default=None,
+                 help="metric that chooses each front's points (default val_<m>, e.g. val_acc: "
+                      "the test set never picks them; test_acc is the explicit, optimistic "
+                      "choice)")
   p.add_argument("--reference", default=None, help="run name whose reductions are reported")
   args, rest = parser.parse_known_args(argv)
   if args.cmd is None:  # `jpq` alone: the commands, not argparse's "required: cmd"

@@ -3,8 +3,9 @@
 The paper's headline metric is a cost (size) reduction *at iso-accuracy*: how much cheaper the
 method's front is at the accuracy a baseline reaches. This module reads the ``results.json`` of
 several sweep work directories (one method each: the joint search, fixed-precision QAT, PIT, ...),
-extracts each Pareto front (accuracy to maximise, cost to minimise, members that failed left out)
-and computes, for every pair (method, baseline):
+extracts each Pareto front (the task's metric in its direction, e.g. accuracy to maximise or a
+reconstruction's MSE to minimise, as ``results['task']`` records it; cost to minimise; members
+that failed left out) and computes, for every pair (method, baseline):
 
 * each front is **chosen on the validation metric** (``select``, default ``val_acc``: which
   members are Pareto-optimal) and **read on the test metric** (``metric``, default ``test_acc``),
@@ -19,8 +20,10 @@ and computes, for every pair (method, baseline):
 * the headline: that reduction at the baseline's most accurate front point (for a fixed-precision
   baseline, its only point, as in "47.5% smaller than w8a8 at the same accuracy").
 
-Writes ``compare.md`` (tables), ``compare.json`` and ``compare.png`` / ``compare.pdf`` (every
-front, accuracy vs cost, log x; sizes in kB).
+For a lower-is-better metric "reaches" means "at or below". Points keep the classification
+format's field name ``accuracy`` for the reported metric's value, whatever the task. Writes
+``compare.md`` (tables), ``compare.json`` and ``compare.png`` / ``compare.pdf`` (every front, the
+metric vs cost, log x; sizes in kB).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from jpq_jax.pareto import default_cost, is_healthy
+from jpq_jax.pareto import (default_cost, default_metric, display_scale, is_healthy, metric_info,
+                            metric_label)
 
 __all__ = ["Run", "load_run", "pareto_front", "cost_at_accuracy", "iso_accuracy",
            "compare_runs", "write_comparison"]
@@ -48,9 +52,13 @@ class Run:
     points: list of dicts ``{member, lambda, cost, accuracy, ...}`` (failed members excluded).
     failed: number of failed members left out.
     cost: the cost name; unit: its unit.
-    metric: the accuracy field reported (``accuracy`` of each point).
+    metric: the field reported (``accuracy`` of each point: its value, whatever the task).
     select: the field that chose the front (``selection`` of each point); equal to ``metric``
-      for a front chosen on the reported accuracy.
+      for a front chosen on the reported metric.
+    higher_is_better, select_higher_is_better: the directions of ``metric`` and ``select``.
+    label: how plots and tables name ``metric`` (``test accuracy [%]``); percent: it is a
+      fraction shown in %; select_label: how they name ``select`` (``validation accuracy``);
+      metric_name: the metric without its split (``accuracy``, ``MSE``).
     train_time_s: training time of the method: every phase of ``times_s`` except the warm-up,
       which every method shares (METHOD.md §7.2): search + fine-tune for the joint search and
       the MPS baselines, PIT search + PIT fine-tune (+ MPS search + fine-tune for
@@ -60,10 +68,18 @@ class Run:
   """
 
   def __init__(self, name, workdir, points, failed, cost, unit, metric, train_time_s, times,
-               method=None, not_applicable=0, task=None, select=None):
+               method=None, not_applicable=0, task=None, select=None, higher_is_better=True,
+               select_higher_is_better=None, label=None, percent=True, select_label=None,
+               metric_name=None):
     self.name, self.workdir, self.points, self.failed = name, workdir, points, failed
     self.cost, self.unit, self.metric = cost, unit, metric
     self.select = select or metric
+    self.higher_is_better = bool(higher_is_better)
+    self.select_higher_is_better = (self.higher_is_better if select_higher_is_better is None
+                                    else bool(select_higher_is_better))
+    self.label, self.percent = label or metric, bool(percent)
+    self.select_label = select_label or self.select
+    self.metric_name = metric_name or ("accuracy" if self.percent else metric)
     self.train_time_s, self.times = train_time_s, times
     self.method, self.not_applicable = method, not_applicable
     self.task = task  # {"dataset", "model"} as recorded in results.json (None: unknown)
@@ -71,19 +87,20 @@ class Run:
   @property
   def front(self) -> List[Dict[str, Any]]:
     """The points Pareto-optimal on (cost, ``select``), by increasing cost."""
-    return pareto_front(self.points, key="selection")
+    return pareto_front(self.points, key="selection", higher_is_better=self.select_higher_is_better)
 
 
-def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
-             name: Optional[str] = None, select: str = "val_acc") -> Run:
+def load_run(workdir: str, cost: Optional[str] = None, metric: Optional[str] = None,
+             name: Optional[str] = None, select: Optional[str] = None) -> Run:
   """Read a sweep's ``results.json``.
 
   Args:
     workdir: the sweep's work directory.
     cost: cost name to compare on (default: the run's Pareto cost).
-    metric: the accuracy field reported and compared at iso-accuracy (``test_acc`` or
-      ``val_acc``).
-    select: the accuracy field that chooses the front (default ``val_acc``: no test leakage).
+    metric: the field reported and compared at iso-metric (default ``test_<m>`` of the metric
+      ``m`` of the run's front: ``test_acc`` for a classification, ``test_loss`` for a
+      regression).
+    select: the field that chooses the front (default ``val_<m>``: no test leakage).
     name: display name (default: the run's ``method`` (``wXaY`` for a fixed-precision run), else
       its ``name``, else the folder name).
 
@@ -100,6 +117,9 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
   with open(path) as f:
     res = json.load(f)
   cost = cost or default_cost(res)
+  base = metric_info(res, default_metric(res))["metric"]
+  metric = metric or f"test_{base}"
+  select = select or f"val_{base}"
   units = res.get("cost_units", {})
   pts, failed, na = [], 0, 0
   for m in res.get("members", []):
@@ -130,21 +150,29 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: str = "test_acc",
   if total is None:  # results written before the field existed
     total = sum(v for p, v in times.items() if v and p != "warmup")
   task = {k: res[k] for k in ("dataset", "model") if res.get(k) is not None} or None
+  info = metric_info(res, metric)
   return Run(label, str(workdir), pts, failed, cost, units.get(cost, ""), metric, float(total),
-             times, method=res.get("method"), not_applicable=na, task=task, select=select)
+             times, method=res.get("method"), not_applicable=na, task=task, select=select,
+             higher_is_better=info["higher_is_better"],
+             select_higher_is_better=metric_info(res, select)["higher_is_better"],
+             label=metric_label(res, metric), percent=info["percent"],
+             select_label=metric_label(res, select, unit=False), metric_name=info["label"])
 
 
-def pareto_front(points: Sequence[Dict[str, Any]], key: str = "accuracy") -> List[Dict[str, Any]]:
-  """Points not dominated by another (lower-or-equal cost and higher ``key``), by cost.
+def pareto_front(points: Sequence[Dict[str, Any]], key: str = "accuracy",
+                 higher_is_better: bool = True) -> List[Dict[str, Any]]:
+  """Points not dominated by another (lower-or-equal cost and a better ``key``), by cost.
 
   Args:
     points: dicts with ``cost`` and ``key`` (points without ``key`` use ``accuracy``).
     key: the field the front is chosen on (``selection`` for a :class:`Run`'s points).
+    higher_is_better: the direction of ``key`` (False: a loss).
 
   Returns:
-    The front, sorted by increasing cost (and so increasing ``key``).
+    The front, sorted by increasing cost (and so improving ``key``).
   """
-  val = lambda p: p.get(key, p["accuracy"])
+  sign = 1.0 if higher_is_better else -1.0
+  val = lambda p: sign * p.get(key, p["accuracy"])
   pts = sorted(points, key=lambda p: (p["cost"], -val(p)))
   front, best = [], -math.inf
   for p in pts:
@@ -154,7 +182,8 @@ def pareto_front(points: Sequence[Dict[str, Any]], key: str = "accuracy") -> Lis
   return front
 
 
-def cost_at_accuracy(front: Sequence[Dict[str, Any]], accuracy: float) -> Optional[float]:
+def cost_at_accuracy(front: Sequence[Dict[str, Any]], accuracy: float,
+                     higher_is_better: bool = True) -> Optional[float]:
   """The cost a front needs to reach ``accuracy`` (log-linear interpolation; None if never).
 
   The front is walked by increasing cost; at the first point whose ``accuracy`` reaches the
@@ -165,13 +194,15 @@ def cost_at_accuracy(front: Sequence[Dict[str, Any]], accuracy: float) -> Option
 
   Args:
     front: a Pareto front sorted by cost (see :func:`pareto_front`).
-    accuracy: the target accuracy.
+    accuracy: the target value of the points' ``accuracy`` field (the reported metric).
+    higher_is_better: its direction; False (a loss): reaching means being at or below it.
 
   Returns:
     The interpolated cost, or None when no front point reaches ``accuracy``.
   """
+  sign = 1.0 if higher_is_better else -1.0
   for i, hi in enumerate(front):
-    if hi["accuracy"] >= accuracy:
+    if sign * hi["accuracy"] >= sign * accuracy:
       if i == 0:
         return hi["cost"]
       lo = front[i - 1]
@@ -206,14 +237,16 @@ def iso_accuracy(method: Run, baseline: Run) -> Dict[str, Any]:
   mf = method.front
   rows = []
   for p in baseline.front:
-    c = cost_at_accuracy(mf, p["accuracy"])
+    c = cost_at_accuracy(mf, p["accuracy"], method.higher_is_better)
     red = None if c is None or p["cost"] <= 0 else 1.0 - c / p["cost"]
     rows.append({"accuracy": p["accuracy"], "baseline_cost": p["cost"], "method_cost": c,
                  "reduction": red})
   head = rows[-1] if rows else None
   return {"method": method.name, "baseline": baseline.name, "points": rows, "headline": head,
           "metric": method.metric, "selected_on": method.select,
-          "interpolation": "log-linear cost vs accuracy between adjacent front points"}
+          "higher_is_better": method.higher_is_better,
+          "interpolation": f"log-linear cost vs {method.metric_name} between adjacent front "
+                           "points"}
 
 
 def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[str, Any]:
@@ -237,7 +270,10 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[s
     raise ValueError(f"unknown reference {reference!r}; runs: {names}")
   return {
       "cost": ref.cost, "unit": ref.unit, "metric": ref.metric, "selected_on": ref.select,
-      "reference": ref.name,
+      "metric_label": ref.label, "selected_label": ref.select_label,
+      "metric_name": ref.metric_name,
+      "higher_is_better": ref.higher_is_better,
+      "percent": ref.percent, "reference": ref.name,
       "runs": [{"name": r.name, "method": r.method, "workdir": r.workdir, "front": r.front,
                 "task": r.task,
                 "n_points": len(r.points), "failed": r.failed,
@@ -251,9 +287,15 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[s
 def _fmt_cost(c, unit):
   if c is None:
     return "not reached"
-  if unit == "bits":
-    return f"{c / 8000:.2f} kB"
+  scale, shown = display_scale(unit)
+  if scale != 1.0:
+    return f"{scale * c:.2f} {shown}"
   return f"{c:,.0f} {unit}".strip()
+
+
+def _fmt_value(comp, v) -> str:
+  """A metric value as the tables show it: ``91.23%`` for a percentage, else 4 digits."""
+  return f"{100 * v:.2f}%" if comp.get("percent", True) else f"{v:.4g}"
 
 
 def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = None) -> Dict[str, Any]:
@@ -273,28 +315,32 @@ def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = N
     json.dump(comp, f, indent=2)
   unit = comp["unit"]
   sel = comp.get("selected_on", comp["metric"])
+  what = comp.get("metric_name") or "accuracy"
+  way = "" if comp.get("higher_is_better", True) else " (lower is better)"
   lines = [f"# Comparison on {comp['cost']} ({unit}) vs {comp['metric']}", "",
-           f"Fronts chosen on **{sel}**, accuracies reported and compared on **{comp['metric']}**"
-           + (" (the test set chose the points: optimistic)." if sel == "test_acc" else "."), "",
-           "Training time: every phase except the shared float warm-up.", "",
-           "| method | front points | failed | best accuracy | cheapest front cost | training time |",
+           f"Fronts chosen on **{sel}**, {'accuracies' if what == 'accuracy' else 'values'} "
+           f"reported and compared on **{comp['metric']}**{way}"
+           + (" (the test set chose the points: optimistic)." if sel.startswith("test_") else "."),
+           "", "Training time: every phase except the shared float warm-up.", "",
+           f"| method | front points | failed | best {what} | cheapest front cost | training time |",
            "|---|---|---|---|---|---|"]
   for r in comp["runs"]:
     fr = r["front"]
-    best = f"{100 * fr[-1]['accuracy']:.2f}%" if fr else "-"
+    best = _fmt_value(comp, fr[-1]["accuracy"]) if fr else "-"
     cheap = _fmt_cost(fr[0]["cost"], unit) if fr else "-"
     na = f" ({r['not_applicable']} without this cost)" if r.get("not_applicable") else ""
     lines.append(f"| {r['name']} | {len(fr)}{na} | {r['failed']} | {best} | {cheap} | "
                  f"{r['train_time_s']:.0f} s |")
-  lines += ["", f"Cost reduction of **{comp['reference']}** at iso-accuracy ({comp['metric']}; cost read "
+  lines += ["", f"Cost reduction of **{comp['reference']}** at iso-{what} ({comp['metric']}; cost read "
             f"off its front, chosen on {sel}, by log-linear interpolation between adjacent points):",
             "",
-            "| baseline | accuracy | baseline cost | method cost | reduction |", "|---|---|---|---|---|"]
+            f"| baseline | {what} | baseline cost | method cost | reduction |",
+            "|---|---|---|---|---|"]
   for c in comp["comparisons"]:
     for p in c["points"]:
       red = "-" if p["reduction"] is None else f"{100 * p['reduction']:.2f}%"
       mark = " (headline)" if p is c["headline"] else ""
-      lines.append(f"| {c['baseline']}{mark} | {100 * p['accuracy']:.2f}% | "
+      lines.append(f"| {c['baseline']}{mark} | {_fmt_value(comp, p['accuracy'])} | "
                    f"{_fmt_cost(p['baseline_cost'], unit)} | {_fmt_cost(p['method_cost'], unit)} | "
                    f"{red} |")
   with open(os.path.join(out, "compare.md"), "w") as f:
@@ -303,23 +349,22 @@ def write_comparison(runs: Sequence[Run], out: str, reference: Optional[str] = N
   return comp
 
 
-_METRIC_LABEL = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
-
-
 def _plot(comp, path):
   """The fronts on one axis; also written as a vector copy (``.pdf`` beside ``path``)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel
-  scale, xl = (1 / 8000, "size (kB)") if comp["unit"] == "bits" else (1.0, f"{comp['cost']} ({comp['unit']})")
+  scale, shown = display_scale(comp["unit"])
+  xl = f"{comp['cost']} [{shown}]" if shown else comp["cost"]
+  yscale = 100.0 if comp.get("percent", True) else 1.0
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, r in enumerate(comp["runs"]):
     fr = r["front"]
     if not fr:
       continue
     xs = np.array([p["cost"] for p in fr]) * scale
-    ys = 100 * np.array([p["accuracy"] for p in fr])
+    ys = yscale * np.array([p["accuracy"] for p in fr])
     # The reference (the searched method) on top, thicker; fronts as lines with markers, single
     # points (fixed precision) as squares.
     ax.plot(xs, ys, linestyle="-" if len(fr) > 1 else "none", label=r["name"],
@@ -332,13 +377,14 @@ def _plot(comp, path):
   ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
       lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
   ax.set_xlabel(xl)
-  metric = _METRIC_LABEL.get(comp["metric"], comp["metric"])
-  ax.set_ylabel(f"{metric} (%)")
+  label = comp.get("metric_label") or comp["metric"]
+  ax.set_ylabel(label)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   task = next((r.get("task") for r in comp["runs"] if r.get("task")), None) or {}
   where = f"{task.get('model', '')} on {task.get('dataset', '')}: " if task else ""
-  sel = _METRIC_LABEL.get(comp.get("selected_on", comp["metric"]), comp.get("selected_on"))
+  sel = comp.get("selected_label") or comp.get("selected_on", comp["metric"])
+  metric = label.replace(" [%]", "").replace(" (lower is better)", "")
   ax.set_title(f"{where}{metric} vs {comp['cost']}, reference {comp['reference']}\n"
                f"(front points chosen on {sel})", fontsize=10)
   fig.tight_layout()

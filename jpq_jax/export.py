@@ -800,7 +800,8 @@ def run_bundle(bundle: Bundle, x: np.ndarray,
       bundle exported with ``requant="fixed_point"`` runs integer-only (multiplier ``None``).
 
   Returns:
-    Logits, float32 numpy ``(N, classes)``.
+    The model's (unquantized) output, float32 numpy: a classifier's logits ``(N, classes)``, or
+    e.g. an autoencoder's ``(N, H, W, C)`` (a conv in an ``output=True`` group).
 
   Raises:
     BundleError: wrong input shape.
@@ -846,7 +847,7 @@ def run_bundle(bundle: Bundle, x: np.ndarray,
     else:
       a = ins[0]
       codes, mult = ops_lib.from_descriptor(n).apply_codes(a.codes, a.mult)
-      keeps_values = op in ("relu", "identity", "dropout", "max_pool")
+      keeps_values = op in ("relu", "identity", "dropout", "max_pool", "upsample")
       out = _Act(codes=codes, mult=mult, k=a.k if keeps_values else None)
     vals[n["id"]] = out
     if activations is not None and "name" in n:

@@ -1,6 +1,6 @@
 """Named channel-preserving ops for :meth:`jpq_jax.QTensor.map`, each with an integer numpy twin.
 
-A model applies ReLU, pooling and dropout between the library's layers with ``QTensor.map(fn)``.
+A model applies ReLU, pooling, dropout and upsampling between the library's layers with ``QTensor.map(fn)``.
 Any function works for training and search, but the deployment export
 (:mod:`jpq_jax.export`) has to re-run the network in numpy on *integer activation codes*, so it
 must know what every ``fn`` was. The ops here are small frozen descriptors: calling one runs the
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Op", "relu", "identity", "global_avg_pool", "avg_pool", "max_pool", "dropout",
-           "describe", "from_descriptor"]
+           "upsample", "describe", "from_descriptor"]
 
 _Pair = Tuple[int, int]
 
@@ -42,9 +42,9 @@ class Op:
   """A named channel-preserving op with a static description.
 
   Attributes:
-    kind: ``"relu"``, ``"identity"``, ``"global_avg_pool"``, ``"avg_pool"``, ``"max_pool"`` or
-      ``"dropout"``.
-    window: pooling window ``(h, w)``.
+    kind: ``"relu"``, ``"identity"``, ``"global_avg_pool"``, ``"avg_pool"``, ``"max_pool"``,
+      ``"dropout"`` or ``"upsample"``.
+    window: pooling window ``(h, w)``; for ``upsample``, the factor ``(h, w)``.
     strides: pooling strides ``(h, w)``.
     padding: pooling padding, ``"VALID"`` or ``((top, bottom), (left, right))``.
     rate: dropout rate.
@@ -71,6 +71,8 @@ class Op:
     if self.kind == "max_pool":
       import flax.linen as nn  # pylint: disable=import-outside-toplevel
       return nn.max_pool(v, self.window, self.strides, self.padding)
+    if self.kind == "upsample":
+      return jnp.repeat(jnp.repeat(v, self.window[0], axis=1), self.window[1], axis=2)
     if self.kind == "dropout":
       # Created inside the caller's compact method, so Flax names it Dropout_<n> in the caller,
       # exactly as an inline ``nn.Dropout(rate)(v)`` would be.
@@ -81,6 +83,8 @@ class Op:
   def descriptor(self) -> dict:
     """JSON-serialisable description (what the export manifest stores)."""
     d = {"op": self.kind}
+    if self.kind == "upsample":
+      d.update(window=list(self.window))
     if self.kind in ("avg_pool", "max_pool"):
       d.update(window=list(self.window), strides=list(self.strides),
                padding=self.padding if isinstance(self.padding, str)
@@ -111,6 +115,8 @@ class Op:
       if not self.deterministic:
         raise ValueError("a training-mode (non-deterministic) dropout cannot run in integer inference")
       return codes, mult
+    if self.kind == "upsample":  # nearest neighbour: every code repeated, exact
+      return np.repeat(np.repeat(codes, self.window[0], axis=1), self.window[1], axis=2), mult
     if self.kind == "global_avg_pool":
       hw = codes.shape[1] * codes.shape[2]
       return codes.sum(axis=(1, 2), keepdims=True), mult / hw
@@ -211,6 +217,19 @@ def dropout(rate: float, deterministic: bool) -> Op:
   return Op("dropout", rate=float(rate), deterministic=bool(deterministic))
 
 
+def upsample(factor: Union[int, _Pair]) -> Op:
+  """Nearest-neighbour upsampling of the spatial axes (each pixel repeated ``factor`` times per
+  axis), e.g. in an autoencoder's decoder; exact on integer codes.
+
+  Args:
+    factor: the factor, int or ``(h, w)``.
+
+  Returns:
+    The op.
+  """
+  return Op("upsample", window=_pair(factor))
+
+
 def describe(fn: Callable) -> Optional[Op]:
   """The named op ``fn`` is, or None for an unnamed function.
 
@@ -233,7 +252,8 @@ def from_descriptor(d: dict) -> Op:
   Args:
     d: a descriptor dict, as :meth:`Op.descriptor` writes it: ``{"op": kind}``, plus ``window``,
       ``strides`` and ``padding`` for ``avg_pool``/``max_pool`` (a padding string is upper-cased,
-      pairs become tuples of ints), or ``rate`` and ``deterministic`` for ``dropout``.
+      pairs become tuples of ints), ``rate`` and ``deterministic`` for ``dropout``, or ``window``
+      (the factor) for ``upsample``.
 
   Returns:
     The equivalent :class:`Op`.
@@ -250,4 +270,6 @@ def from_descriptor(d: dict) -> Op:
               padding=_padding(pad))
   if kind == "dropout":
     return Op("dropout", rate=float(d["rate"]), deterministic=bool(d["deterministic"]))
+  if kind == "upsample":
+    return Op("upsample", window=_pair(d["window"]))
   raise ValueError(f"unknown op {kind!r} in the bundle")

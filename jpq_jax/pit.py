@@ -251,7 +251,7 @@ def _check_table(table: LayerTable):
 
 
 def make_search_step(model, table: LayerTable, tx, *, class_weights=None,
-                     label_smoothing: float = 0.0):
+                     label_smoothing: float = 0.0, task=None):
   """The PIT search step: CE + lambda * effective weight count, masks trained through the STE.
 
   The state's trainable collections are ``{'params', 'arch'}`` with ``arch`` the ``alpha_pit``
@@ -266,6 +266,7 @@ def make_search_step(model, table: LayerTable, tx, *, class_weights=None,
     tx: the optimizer (e.g. of :func:`jpq_jax.train.make_optimizer`).
     class_weights: optional per-class cross-entropy weights, shape ``(num_classes,)``.
     label_smoothing: cross-entropy label smoothing.
+    task: the :class:`jpq_jax.tasks.Task` trained (default: classification with the two above).
 
   Returns:
     ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)`` of
@@ -278,24 +279,23 @@ def make_search_step(model, table: LayerTable, tx, *, class_weights=None,
       not channel-wise).
   """
   _check_table(table)
-  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  task = T._task(task, class_weights, label_smoothing)  # pylint: disable=protected-access
 
   def loss_fn(params, state, x, y, lam_e, kd, kg):
     del kg
     th = pit_theta(params["arch"], table)
     p = apply_masks(params["params"], table, binary_masks(th))
     out = model.apply({"params": p, **state.extra}, x, Ctx.float(False), rngs={"dropout": kd})
-    s, n = T.cross_entropy(out.value, y, cw, label_smoothing)
-    task = s / n
+    s, n = task.loss(out.value, x, y)
+    task_loss = s / n
     c = params_cost(table, th)
-    acc = jnp.mean((jnp.argmax(out.value, -1) == y).astype(jnp.float32))
-    return task + lam_e * c, (task, c, acc, state.extra)
+    return task_loss + lam_e * c, (task_loss, c, task.train_metrics(out.value, x, y), state.extra)
 
   return T.make_step(loss_fn, tx)
 
 
 def make_finetune_step(model, table: LayerTable, tx, *, class_weights=None,
-                       label_smoothing: float = 0.0):
+                       label_smoothing: float = 0.0, task=None):
   """Fine-tuning of the exported network: float training with BN, masks fixed on both kernel axes.
 
   ``extra`` holds ``batch_stats`` (updated) and ``pit_mask`` (``{group: (C,)}``, constant).
@@ -308,13 +308,14 @@ def make_finetune_step(model, table: LayerTable, tx, *, class_weights=None,
     tx: the optimizer (e.g. of :func:`jpq_jax.train.make_optimizer`).
     class_weights: optional per-class cross-entropy weights, shape ``(num_classes,)``.
     label_smoothing: cross-entropy label smoothing.
+    task: the :class:`jpq_jax.tasks.Task` trained (default: classification with the two above).
 
   Returns:
     ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)`` of
     :func:`jpq_jax.train.make_step`: the loss is the cross-entropy alone (``lam_e`` is ignored,
     ``metrics['cost']`` is 0).
   """
-  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  task = T._task(task, class_weights, label_smoothing)  # pylint: disable=protected-access
 
   def loss_fn(params, state, x, y, lam_e, kd, kg):
     del lam_e, kg
@@ -322,14 +323,14 @@ def make_finetune_step(model, table: LayerTable, tx, *, class_weights=None,
     p = apply_masks(params["params"], table, masks, inputs=True)
     out, mut = model.apply({"params": p, "batch_stats": state.extra["batch_stats"]}, x,
                            Ctx.float(True), mutable=["batch_stats"], rngs={"dropout": kd})
-    s, n = T.cross_entropy(out.value, y, cw, label_smoothing)
-    acc = jnp.mean((jnp.argmax(out.value, -1) == y).astype(jnp.float32))
-    return s / n, (s / n, jnp.zeros((), jnp.float32), acc, {**state.extra, **mut})
+    s, n = task.loss(out.value, x, y)
+    return s / n, (s / n, jnp.zeros((), jnp.float32), task.train_metrics(out.value, x, y),
+                   {**state.extra, **mut})
 
   return T.make_step(loss_fn, tx)
 
 
-def make_eval_step(model, table: LayerTable, phase: str, *, class_weights=None):
+def make_eval_step(model, table: LayerTable, phase: str, *, class_weights=None, task=None):
   """Evaluation (inference-mode BN) of the PIT search (masks of ``arch``) or of the fine-tuning.
 
   Args:
@@ -338,18 +339,21 @@ def make_eval_step(model, table: LayerTable, phase: str, *, class_weights=None):
     phase: ``'pit_search'``: output-axis masks :func:`binary_masks` of ``params['arch']``;
       ``'pit_finetune'``: ``extra['pit_mask']`` on both kernel axes.
     class_weights: optional per-class cross-entropy weights, shape ``(num_classes,)``.
+    task: the :class:`jpq_jax.tasks.Task` evaluated (default: classification with
+      ``class_weights``).
 
   Returns:
-    ``eval(params, extra, temperature, x, y, mask) -> {loss_sum, weight_sum, correct, count}``
-    (sums over the examples where ``mask`` is 1, to be accumulated over padded batches; no label
-    smoothing, ``temperature`` ignored); ``extra`` needs ``batch_stats``.
+    ``eval(params, extra, temperature, x, y, mask) -> sums``: the task's ``eval_sums`` over the
+    examples where ``mask`` is 1 (classification: ``{loss_sum, weight_sum, correct, count}``, no
+    label smoothing), to be accumulated over padded batches; ``temperature`` is ignored and
+    ``extra`` needs ``batch_stats``.
 
   Raises:
     ValueError: an unknown ``phase``.
   """
   if phase not in ("pit_search", "pit_finetune"):
     raise ValueError(f"unknown PIT phase {phase!r}; use 'pit_search' or 'pit_finetune'")
-  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  task = T._task(task, class_weights, 0.0)  # pylint: disable=protected-access
 
   def evaluate(params, extra, temperature, x, y, mask):
     del temperature
@@ -358,9 +362,7 @@ def make_eval_step(model, table: LayerTable, phase: str, *, class_weights=None):
     else:
       p = apply_masks(params["params"], table, extra["pit_mask"], inputs=True)
     out = model.apply({"params": p, "batch_stats": extra["batch_stats"]}, x, Ctx.float(False))
-    s, n = T.cross_entropy(out.value, y, cw, 0.0, mask)
-    correct = jnp.sum((jnp.argmax(out.value, -1) == y).astype(jnp.float32) * mask)
-    return {"loss_sum": s, "weight_sum": n, "correct": correct, "count": jnp.sum(mask)}
+    return task.eval_sums(out.value, x, y, mask)
 
   return evaluate
 

@@ -34,6 +34,7 @@ import optax
 from flax import struct
 from flax import traverse_util
 
+from jpq_jax import tasks as tasks_lib
 from jpq_jax.arch import freeze, thetas
 from jpq_jax.layers import Ctx
 from jpq_jax.table import LayerTable
@@ -280,39 +281,8 @@ def earlystop_start(epochs: int, start: int = 20) -> int:
 
 
 # ---- losses -------------------------------------------------------------------------------------------
-def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: Optional[jax.Array] = None,
-                  label_smoothing: float = 0.0, mask: Optional[jax.Array] = None
-                  ) -> Tuple[jax.Array, jax.Array]:
-  """Weighted cross-entropy as PyTorch's ``CrossEntropyLoss`` (mean over ``sum(w[y])``).
-
-  Args:
-    logits: ``(N, K)``.
-    labels: ``(N,)`` int.
-    class_weights: optional ``(K,)`` weights (GSC).
-    label_smoothing: PyTorch's label smoothing.
-    mask: optional ``(N,)`` 0/1 validity of each row (padded evaluation batches).
-
-  Returns:
-    ``(sum of weighted per-example losses, sum of weights)``; the mean is their ratio.
-  """
-  k = logits.shape[-1]
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  onehot = jax.nn.one_hot(labels, k, dtype=logp.dtype)
-  if label_smoothing:
-    target = onehot * (1.0 - label_smoothing) + label_smoothing / k
-  else:
-    target = onehot
-  per = -(target * logp)
-  w = jnp.ones((labels.shape[0],), logp.dtype)
-  if class_weights is not None:
-    cw = jnp.asarray(class_weights, logp.dtype)
-    per = per * cw[None, :]
-    w = cw[labels]
-  per = per.sum(-1)
-  if mask is not None:
-    per = per * mask
-    w = w * mask
-  return per.sum(), w.sum()
+# The cross-entropy lives with the classification task (jpq_jax.tasks); re-exported here, where it was.
+cross_entropy = tasks_lib.cross_entropy
 
 
 # ---- steps ------------------------------------------------------------------------------------------------
@@ -381,7 +351,7 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
                     tx: optax.GradientTransformation, *, cost: Optional[str] = None,
                     sampling: str = "softmax", class_weights: Optional[np.ndarray] = None,
                     label_smoothing: float = 0.0, nan_member: Optional[int] = None,
-                    remat: str = "none") -> Callable:
+                    remat: str = "none", task: Optional[tasks_lib.Task] = None) -> Callable:
   """The pure single-member training step of ``phase``.
 
   Args:
@@ -391,20 +361,23 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
     tx: the phase optimizer (:func:`make_optimizer`).
     cost: cost model name (search phase).
     sampling: training-mode theta sampling (search phase).
-    class_weights: optional CE class weights.
-    label_smoothing: CE label smoothing.
+    class_weights: optional CE class weights (without ``task``).
+    label_smoothing: CE label smoothing (without ``task``).
     nan_member: testing hook; not used by the step itself (see the sweep's ``inject_nan``).
     remat: one of :data:`REMAT_POLICIES`: ``none`` (default) or ``dots``, which wraps the loss in
       ``jax.checkpoint`` with ``jax.checkpoint_policies.dots_saveable``: only convolution and
       matmul outputs are kept for the backward and the elementwise work after them is recomputed
       (less memory per member on accelerators, a little more compute; the same values up to
       float32 roundoff of the recomputation).
+    task: the :class:`jpq_jax.tasks.Task` whose loss is trained (default: classification with
+      ``class_weights`` and ``label_smoothing``).
 
   Returns:
     ``step(state, x, y, lam_e, lr_scale, poison) -> (state, metrics)``: ``lam_e`` is this epoch's
     lambda of the member, ``lr_scale`` the schedule factor, ``poison`` a float added to the loss
-    (0; NaN in the fault-isolation tests). ``metrics``: ``loss``, ``task``, ``cost``, ``acc``,
-    ``ok`` (the step was applied).
+    (0; NaN in the fault-isolation tests). ``metrics``: ``loss``, ``task`` (the task's loss),
+    ``cost``, ``ok`` (the step was applied) and the task's ``train_metrics`` (classification:
+    ``acc``).
 
   Raises:
     ValueError: an unknown ``phase`` or ``remat`` policy.
@@ -414,7 +387,7 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
   if remat not in REMAT_POLICIES:
     raise ValueError(f"unknown remat policy {remat!r}; use one of {REMAT_POLICIES}")
   cost_fn = get_cost_fn(cost) if phase == "search" else None
-  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  task = _task(task, class_weights, label_smoothing)
 
   def loss_fn(params, state: TrainState, x, y, lam_e, kd, kg):
     ctx = _ctx(phase, True, state.temperature, sampling, kg)
@@ -425,14 +398,12 @@ def make_train_step(model: Any, table: Optional[LayerTable], phase: str,
     else:
       out = model.apply(variables, x, ctx, rngs={"dropout": kd})
       new_extra = state.extra
-    logits = out.value
-    s, n = cross_entropy(logits, y, cw, label_smoothing)
-    task = s / n
+    s, n = task.loss(out.value, x, y)
+    task_loss = s / n
     c = jnp.zeros((), jnp.float32)
     if phase == "search":
       c = cost_fn(table, thetas({"arch": params["arch"]}, table, ctx))
-    acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
-    return task + lam_e * c, (task, c, acc, new_extra)
+    return task_loss + lam_e * c, (task_loss, c, task.train_metrics(out.value, x, y), new_extra)
 
   if remat == "dots":
     loss_fn = jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.dots_saveable)
@@ -447,7 +418,8 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
 
   Args:
     loss_fn: ``loss_fn(params, state, x, y, lam_e, dropout_key, sampling_key) -> (loss, (task,
-      cost, acc, new_extra))`` (``loss`` without the poison).
+      cost, metrics, new_extra))`` (``loss`` without the poison; ``metrics`` a dict of the task's
+      batch metrics, :meth:`jpq_jax.tasks.Task.train_metrics`).
     tx: the optimizer.
 
   Returns:
@@ -462,7 +434,8 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
       loss, aux = loss_fn(params, state, x, y, lam_e, kd, kg)
       return loss + poison, aux
 
-    (loss, (task, c, acc, new_extra)), grads = jax.value_and_grad(full, has_aux=True)(state.params)
+    (loss, (task, c, metrics, new_extra)), grads = jax.value_and_grad(full, has_aux=True)(
+        state.params)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
     new_params = optax.apply_updates(state.params, updates)
@@ -475,39 +448,50 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
         extra=_where(commit, new_extra, state.extra),
         step=state.step + commit.astype(jnp.int32),
         failed=state.failed | (active & ~ok))
-    return state, {"loss": loss, "task": task, "cost": c, "acc": acc, "ok": commit}
+    return state, {"loss": loss, "task": task, "cost": c, "ok": commit, **metrics}
 
   return step
 
 
-def make_eval_step(model: Any, phase: str, *, class_weights: Optional[np.ndarray] = None
-                   ) -> Callable:
+def make_eval_step(model: Any, phase: str, *, class_weights: Optional[np.ndarray] = None,
+                   task: Optional[tasks_lib.Task] = None) -> Callable:
   """Evaluation in eval mode (argmax architecture during the search, running stats in warm-up).
 
   Args:
     model: the Flax model.
     phase: ``warmup`` (float model), ``search`` (argmax architecture) or ``finetune`` (fixed
       precisions).
-    class_weights: optional CE class weights (the loss sums are weighted by them).
+    class_weights: optional CE class weights (the loss sums are weighted by them; without
+      ``task``).
+    task: the :class:`jpq_jax.tasks.Task` evaluated (default: classification with
+      ``class_weights``).
 
   Returns:
-    ``eval(params, extra, temperature, x, y, mask) -> {loss_sum, weight_sum, correct, count}``
-    (sums, to be accumulated over padded batches).
+    ``eval(params, extra, temperature, x, y, mask) -> sums``: the task's ``eval_sums``
+    (classification: ``{loss_sum, weight_sum, correct, count}``), to be accumulated over padded
+    batches and turned into metrics by its ``finish``.
 
   Raises:
     ValueError: an unknown ``phase``.
   """
   _check_phase(phase)
-  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  task = _task(task, class_weights, 0.0)
 
   def evaluate(params, extra, temperature, x, y, mask):
     ctx = _ctx(phase, False, temperature)
     out = model.apply({**params, **extra}, x, ctx)
-    s, n = cross_entropy(out.value, y, cw, 0.0, mask)
-    correct = jnp.sum((jnp.argmax(out.value, -1) == y).astype(jnp.float32) * mask)
-    return {"loss_sum": s, "weight_sum": n, "correct": correct, "count": jnp.sum(mask)}
+    return task.eval_sums(out.value, x, y, mask)
 
   return evaluate
+
+
+def _task(task, class_weights, label_smoothing) -> tasks_lib.Task:
+  """``task``, or the classification of the older keyword arguments."""
+  if task is not None:
+    return task
+  t = tasks_lib.Classification(label_smoothing=label_smoothing)
+  t.cw = None if class_weights is None else np.asarray(class_weights, np.float32)
+  return t
 
 
 def make_cost_fn(table: LayerTable, names: Sequence[str]) -> Callable:

@@ -49,3 +49,18 @@ def test_deploy_onnx_example_runs(capsys, tmp_path, monkeypatch):
                              atol=0.05 * float(np.abs(ref).max()))
   assert (tmp_path / "tiny.onnx").exists()
   assert "weight bytes" in capsys.readouterr().out
+
+
+def test_custom_task_example_runs():
+  from jpq_jax import tasks
+  ns: dict = {}
+  try:
+    exec(compile(_example("custom-task"), "README.md:custom-task", "exec"), ns)
+    task = tasks.get_task("huber", {"delta": 0.05})
+    assert task.options == {"delta": 0.05, "target": "input"} and task.selection == "loss"
+    import jax.numpy as jnp
+    x = jnp.zeros((2, 4, 4, 1))
+    s, n = task.loss(x + 1.0, x, jnp.zeros((2,), jnp.int32))  # |d| = 1 > delta: linear part
+    assert abs(float(s / n) - 0.05 * (1 - 0.025)) < 1e-6
+  finally:
+    tasks.TASKS.pop("huber", None)

@@ -162,3 +162,75 @@ def fixed_variables_template(model, sample, n_members: int):
   v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, Ctx.fixed()), sample)
   v = {k: v[k] for k in ("params", "precision")}
   return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_members,) + s.shape, s.dtype), v)
+
+
+# Classification's options that older configs give as train fields (their defaults there).
+_LEGACY_TASK_FIELDS = {"label_smoothing": 0.0, "class_weights": False}
+
+
+def build_task(cfg, dataset=None):
+  """The :class:`jpq_jax.tasks.Task` of a sweep config, bound to ``dataset`` when given.
+
+  ``task.name`` and ``task.options``; classification's ``label_smoothing`` and ``class_weights``
+  may also come from the ``train`` fields of the same names (configs written before tasks), but
+  not from both with different values.
+
+  Args:
+    cfg: a sweep config (dict or ConfigDict).
+    dataset: the run's dataset (class weights, number of classes), or None (the checks only).
+
+  Returns:
+    The task.
+
+  Raises:
+    ConfigError: an unknown task, a bad import path, an option it does not take or refuses
+      (naming ``task.name`` or ``task.options``), or a ``train`` field that contradicts it.
+  """
+  from jpq_jax import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
+  tc = cfg.get("task") or {}
+  name = str(tc.get("name") or "classification")
+  options = dict(tc.get("options") or {})
+  factory = tasks_lib.TASKS.get(name)
+  train = cfg["train"]
+  for k, default in _LEGACY_TASK_FIELDS.items():
+    v = train.get(k, default)
+    if v == default:
+      continue
+    if factory is not tasks_lib.Classification:
+      raise _field_error(f"train.{k}", f"is an option of the classification task, not of task "
+                         f"{name!r}")
+    if k in options and options[k] != v:
+      raise _field_error(f"task.options.{k}", f"{options[k]!r} contradicts train.{k}={v!r}; give "
+                         "it once")
+    options[k] = v
+  try:
+    task = tasks_lib.get_task(name, options)
+    return task.prepare(dataset) if dataset is not None else task
+  except tasks_lib.TaskError as e:
+    raise _field_error(f"task.options.{e.option}" if e.option else "task.name", str(e)) from None
+
+
+def monitor_of(cfg, task) -> str:
+  """The metric each phase selects its best epoch on: ``train.monitor``, ``auto`` resolved.
+
+  Args:
+    cfg: a sweep config; task: its task (:func:`build_task`).
+
+  Returns:
+    A metric of the task (``auto``: :attr:`jpq_jax.tasks.Task.selection`).
+  """
+  m = str(cfg["train"].get("monitor", "auto") or "auto")
+  return task.selection if m == "auto" else m
+
+
+def pareto_metric_of(cfg, task) -> str:
+  """The results' metric that chooses the front: ``sweep.pareto_metric``, ``auto`` resolved.
+
+  Args:
+    cfg: a sweep config; task: its task (:func:`build_task`).
+
+  Returns:
+    ``<split>_<metric>`` (``auto``: ``val_<task.selection>``, e.g. ``val_acc``, ``val_loss``).
+  """
+  m = str(cfg["sweep"].get("pareto_metric", "auto") or "auto")
+  return f"val_{task.selection}" if m == "auto" else m

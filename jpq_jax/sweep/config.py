@@ -18,7 +18,7 @@ STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
 METHODS = ("joint", "mixprec", "layerwise", "fixed", "pit", "pit_mixprec")
 # Groups whose keys are free-form (a dataset's keyword options): not checked against the schema,
 # and an override may add a key to them (jpq_jax.cli.FREE_FORM is this tuple).
-FREE_FORM_GROUPS = ("data.options",)
+FREE_FORM_GROUPS = ("data.options", "task.options")
 # Learning-rate schedules: their fields depend on the kind (train.lr_factor), so they are checked
 # per kind (validation._check_schedules) instead of against base_config's (exp) schedule.
 SCHEDULE_FIELDS = {"constant": (), "exp": ("gamma",), "multistep": ("milestones", "factors"),
@@ -60,10 +60,18 @@ def base_config() -> ml_collections.ConfigDict:
     data: ``name`` (``demo``, ``cifar10``, ``gsc``, ``tinyimagenet``), ``data_dir``, ``options``
       (passed to :func:`jpq_jax.data.load`).
     model: ``name`` and the :class:`~jpq_jax.SearchSpace` fields.
-    train: ``batch_size``, ``eval_batch_size``, ``monitor`` (``acc``: val accuracy max; ``loss``:
-      val loss min, including lambda * argmax cost in the search), ``patience``, ``earlystop_start``
-      (epochs <= it never count, when the phase has more epochs than it), ``class_weights``,
-      ``label_smoothing``, ``remat`` (``none``; ``dots``: keep only convolution/matmul outputs
+    task: the loss and the metrics (:mod:`jpq_jax.tasks`): ``name`` (``classification``, the
+      default; ``regression``; ``reconstruction``; or an import path ``"my_pkg.tasks:MyTask"``)
+      and ``options`` (keyword options of the task, free-form: classification's
+      ``label_smoothing`` and ``class_weights``, regression's ``target``).
+    train: ``batch_size``, ``eval_batch_size``, ``monitor`` (the validation metric each phase
+      selects its best epoch on: ``auto``, the task's own (classification: ``acc``, the accuracy,
+      maximised; regression/reconstruction: ``loss``); ``loss``: val loss min, including lambda *
+      argmax cost in the search; or another metric of the task, in its direction), ``patience``,
+      ``earlystop_start`` (epochs <= it never count, when the phase has more epochs than it),
+      ``class_weights``, ``label_smoothing`` (classification's options as fields of older
+      configs; ``task.options`` may give them instead), ``remat`` (``none``; ``dots``: keep only
+      convolution/matmul outputs
       for the backward and recompute the rest, less memory per member on accelerators, see
       :func:`jpq_jax.train.make_train_step`).
     warmup / search / finetune: ``epochs``, ``optimizer`` (``adam``/``sgd``, lr, wd, momentum,
@@ -81,8 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
     sweep: ``lambdas``, ``seeds`` (members = lambdas x seeds), ``strategy``, ``data_devices``
       (size of the mesh's ``data`` axis for ``sharded``), ``checkpoint_keep``, ``async_checkpoint``,
       ``pareto_cost`` (x axis of the front; default the search cost), ``pareto_metric`` (the
-      accuracy that chooses the front's points: ``val_acc``, the default, or ``test_acc``, the
-      explicit choice that lets the test set pick them; the test accuracy is reported either way),
+      metric that chooses the front's points, ``<split>_<task metric>``: ``auto``, the default,
+      is the validation split's task metric (classification: ``val_acc``; regression:
+      ``val_loss``); ``test_acc`` is the explicit choice that lets the test set pick them; the
+      test metric is reported either way),
       ``xla_options`` (``auto``: jpq's XLA options for the backend, see :mod:`jpq_jax.compiler`;
       ``default``: XLA's own), ``member_chunk`` (``vmap``: run the members this many at a time,
       each chunk one vmapped program, so that fewer members' activations are alive at once; 0: all
@@ -114,8 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
       name="resnet8", w_precisions=(0, 2, 4, 8), a_precisions=(8,), input_precisions=(),
       granularity="channel", clip_init=6.0, input_clip_init=1.0, input_signed=False,
       input_signed_clips=(-6.0, 6.0), activation_mixture="fused", keep_alive=0))
+  c.task = ml_collections.ConfigDict(dict(name="classification", options={}))
+  c.task.options = ml_collections.ConfigDict()
   c.train = ml_collections.ConfigDict(dict(
-      batch_size=32, eval_batch_size=256, monitor="acc", patience=50, earlystop_start=20,
+      batch_size=32, eval_batch_size=256, monitor="auto", patience=50, earlystop_start=20,
       class_weights=False, label_smoothing=0.0, remat="none"))
   c.warmup = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)),
@@ -139,7 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
           schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99))))))
   c.sweep = ml_collections.ConfigDict(dict(
       lambdas=(1e-6,), seeds=(14,), strategy="auto", data_devices=1, checkpoint_keep=2,
-      async_checkpoint=True, pareto_cost="", pareto_metric="val_acc", xla_options="auto",
+      async_checkpoint=True, pareto_cost="", pareto_metric="auto", xla_options="auto",
       member_chunk=0))
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="",
                                                  coordinator_bind_address="", num_processes=1,

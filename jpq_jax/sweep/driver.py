@@ -24,7 +24,8 @@ import ml_collections
 from jpq_jax import checkpoint as ckpt_lib
 from jpq_jax import train as T
 from jpq_jax.sweep import stages
-from jpq_jax.sweep.build import _loader_cls, build_model_from_config, load_dataset
+from jpq_jax.sweep.build import (_loader_cls, build_model_from_config, build_task, load_dataset,
+                                 pareto_metric_of)
 from jpq_jax.sweep.config import _field_error, members_of, resolve_method
 from jpq_jax.sweep.distributed import _barrier, _host, _saveable, init_distributed
 from jpq_jax.sweep.executors import choose_strategy
@@ -53,7 +54,8 @@ class Sweep:
       axis (padded for ``sharded``, :mod:`jpq_jax.sweep.states`).
     dataset, loader_cls, train_loader, steps: the data and the training steps per epoch.
     model, table, sample: the model, its layer table, a batch-1 input.
-    cw: class weights (None unless ``train.class_weights``); report_costs: the cost models that
+    task: the :class:`jpq_jax.tasks.Task` (loss, metrics, selection) bound to the dataset;
+      cw: class weights (None unless ``train.class_weights``); report_costs: the cost models that
       can cost the model.
     strategy: how the member axis runs (:mod:`jpq_jax.sweep.executors`); ckpt: the epoch
       checkpointer.
@@ -86,6 +88,7 @@ class Sweep:
                                                                   ds.input_shape)
     self.report_costs = reported_costs(cfg, self.table)
     self.cw = ds.class_weights if cfg.train.class_weights else None
+    self.task = build_task(cfg, ds)
     # train.batch_size is the *global* batch, whatever the number of processes, so a run's numbers do
     # not depend on how many processes run it. This loader yields whole global batches (the same on
     # every process); run_phase picks the process-sharded one where the mesh splits the batch.
@@ -151,7 +154,7 @@ class Sweep:
       from jpq_jax import pareto  # pylint: disable=import-outside-toplevel
       # The metric that chooses the front changes no training: a rerun may choose it anew (runs of
       # jpq before 2026-12-01 chose on test accuracy by default; their rerun chooses on validation).
-      results["pareto_metric"] = str(cfg.sweep.pareto_metric)
+      results["pareto_metric"] = pareto_metric_of(cfg, self.task)
       annotate_status(results, os.path.join(self.workdir, "metrics.jsonl"))
       pareto.write_results(self.workdir, results)
     return results

@@ -9,10 +9,11 @@ A phase is
 * **per-epoch rules**: the learning-rate factor of its schedule, the members' lambdas
   (:meth:`Phase.strengths`: the search's, ramped with ``search.incremental_strength``; PIT's
   strengths; 0 elsewhere);
-* **a selection**: the validation metric each member's best epoch is chosen on
-  (:meth:`Phase.selection`: accuracy, or minus the loss with lambda times the argmax cost in the
-  search), which the end-of-epoch function tracks with early stopping; at the end of the phase the
-  driver reloads every member's best epoch (``ex.map(train.restore_best)``).
+* **a selection**: the validation metric of the task (:mod:`jpq_jax.tasks`) each member's best
+  epoch is chosen on (:meth:`Phase.selection`: ``train.monitor``, by default the task's own, e.g.
+  the accuracy; the loss with lambda times the argmax cost in the search), which the end-of-epoch
+  function tracks with early stopping; at the end of the phase the driver reloads every member's
+  best epoch (``ex.map(train.restore_best)``).
 
 :func:`run_phase` runs any phase's epochs: the warm-up (one float member), the search, the
 fine-tuning and PIT's two stages. It writes one ``metrics.jsonl`` record per epoch and, where the
@@ -35,6 +36,7 @@ import numpy as np
 
 from jpq_jax import train as T
 from jpq_jax.compiler import compiler_options
+from jpq_jax.sweep.build import monitor_of
 from jpq_jax.sweep.config import temperature_decay_of
 from jpq_jax.sweep.distributed import _host
 from jpq_jax.sweep.executors import _host_flags, _stack, _to_host, make_executor
@@ -65,8 +67,9 @@ class Phase:
     n: the real members (the first ``n`` of the executor's, possibly padded, member axis).
     lams: the real members' lambdas, padded with 0 to the executor's member axis.
     incremental: ``search.incremental_strength`` (the search's lambdas ramp up, METHOD.md §6.1).
-    monitor: ``train.monitor``, what :meth:`selection` measures.
+    monitor: the task's metric :meth:`selection` measures (``train.monitor`` resolved).
     checkpointed: whether each epoch is checkpointed (the PIT stages are not).
+    higher_is_better: the direction of ``monitor``.
   """
   name: str
   epochs: int
@@ -78,6 +81,7 @@ class Phase:
   incremental: bool
   monitor: str
   checkpointed: bool = True
+  higher_is_better: bool = True
 
   def strengths(self, e: int) -> np.ndarray:
     """The lambda of every member at epoch ``e`` (``(n_exec,)`` float32)."""
@@ -91,16 +95,19 @@ class Phase:
                 hard_cost: Optional[np.ndarray]) -> np.ndarray:
     """The metric (larger is better) each member's best epoch is chosen on; -inf where not finite.
 
+    ``loss``: minus the validation loss, plus lambda times the argmax cost in the search (the
+    search's objective); another metric: its value, negated where lower is better.
+
     Args:
-      val: the epoch's validation ``acc`` and ``loss`` per member (argmax mode).
+      val: the epoch's validation metrics of the task per member (argmax mode).
       lam_e: the members' lambdas this epoch.
       hard_cost: the search's argmax cost per member (None in other phases).
     """
-    if self.monitor == "acc":
-      metric = val["acc"]
-    else:
+    if self.monitor == "loss":
       loss = val["loss"] + (lam_e * hard_cost if hard_cost is not None else 0.0)
       metric = -loss
+    else:
+      metric = val[self.monitor] if self.higher_is_better else -val[self.monitor]
     return np.where(np.isfinite(metric), metric, -np.inf).astype(np.float32)
 
 
@@ -122,19 +129,21 @@ def make_phase(sw, name: str, n_exec: int, loader=None, steps: Optional[int] = N
   cfg = sw.cfg
   pc = phase_cfg(cfg, name)
   n = sw.n if n is None else n
+  monitor = monitor_of(cfg, sw.task)
   return Phase(name=name, epochs=int(pc.epochs), schedule=pc.schedule,
                loader=sw.train_loader if loader is None else loader,
                steps=sw.steps if steps is None else steps, n=n,
                lams=[m["lam"] for m in sw.members[:n]] + [0.0] * (n_exec - n),
-               incremental=bool(cfg.search.incremental_strength), monitor=cfg.train.monitor,
-               checkpointed=checkpointed)
+               incremental=bool(cfg.search.incremental_strength), monitor=monitor,
+               checkpointed=checkpointed,
+               higher_is_better=bool(sw.task.metrics[monitor].higher_is_better))
 
 
 def phase_fns(sw, phase: str):
   """The optimizer and the single-member step, evaluation and end-of-epoch functions of a phase.
 
   Args:
-    sw: the set-up sweep (its model, layer table, config and class weights ``cw``).
+    sw: the set-up sweep (its model, layer table, config and task).
     phase: the phase.
 
   Returns:
@@ -147,9 +156,8 @@ def phase_fns(sw, phase: str):
     search = phase == "pit_search"
     tx = T.make_optimizer(pc.optimizer.to_dict(), pc.arch_optimizer.to_dict() if search else None)
     make = pit.make_search_step if search else pit.make_finetune_step
-    step = make(sw.model, sw.table, tx, class_weights=sw.cw,
-                label_smoothing=float(cfg.train.label_smoothing))
-    evaluate = pit.make_eval_step(sw.model, sw.table, phase, class_weights=sw.cw)
+    step = make(sw.model, sw.table, tx, task=sw.task)
+    evaluate = pit.make_eval_step(sw.model, sw.table, phase, task=sw.task)
     start = T.earlystop_start(int(pc.epochs), int(cfg.train.earlystop_start))
     patience = int(cfg.train.patience)
     end = lambda s, m: T.end_epoch(s, m, start=start, patience=patience)
@@ -157,10 +165,9 @@ def phase_fns(sw, phase: str):
   tx = T.make_optimizer(pc.optimizer.to_dict(),
                         pc.arch_optimizer.to_dict() if phase == "search" else None)
   step = T.make_train_step(sw.model, sw.table, phase, tx, cost=cfg.search.cost,
-                           sampling=cfg.search.sampling, class_weights=sw.cw,
-                           label_smoothing=float(cfg.train.label_smoothing),
+                           sampling=cfg.search.sampling, task=sw.task,
                            remat=str(cfg.train.get("remat", "none")))
-  evaluate = T.make_eval_step(sw.model, phase, class_weights=sw.cw)
+  evaluate = T.make_eval_step(sw.model, phase, task=sw.task)
   start = T.earlystop_start(int(pc.epochs), int(cfg.train.earlystop_start))
   decay = temperature_decay_of(cfg) if phase == "search" else 0.0
   patience = int(cfg.train.patience)
@@ -221,19 +228,18 @@ def _padded_batches(split, bs: int, loader_cls):
     yield x, y, mask
 
 
-def _evaluate(ex, split, bs, loader_cls, n, params_of=None) -> Dict[str, np.ndarray]:
-  """Accuracy and loss of every member of ``ex`` on ``split`` (evaluation mode: argmax theta).
+def _evaluate(ex, split, bs, loader_cls, n, task, params_of=None) -> Dict[str, np.ndarray]:
+  """The task's metrics of every member of ``ex`` on ``split`` (evaluation mode: argmax theta).
 
   Returns:
-    ``{'acc', 'loss'}``: ``(n_exec,)`` host arrays.
+    ``{metric: (n_exec,) host array}`` for every metric of ``task`` (classification: ``acc``,
+    ``loss``).
   """
   tot = None
   for x, y, mask in _padded_batches(split, bs, loader_cls):
     out = ex.evaluate(x, y, mask) if params_of is None else ex.evaluate(x, y, mask, params_of)
     tot = out if tot is None else jax.tree_util.tree_map(jnp.add, tot, out)
-  h = _to_host(tot)
-  return {"acc": h["correct"] / np.maximum(h["count"], 1),
-          "loss": h["loss_sum"] / np.maximum(h["weight_sum"], 1e-12)}
+  return task.finish(_to_host(tot))
 
 
 def measure(sw, phase: str, stacked) -> str:
@@ -262,19 +268,21 @@ def measure(sw, phase: str, stacked) -> str:
 
 
 def _epoch_record(ph: Phase, e: int, ck: int, lr, lam_e, train, val, hard_cost, flags):
-  """The ``metrics.jsonl`` record of epoch ``e`` (the real members only)."""
+  """The ``metrics.jsonl`` record of epoch ``e`` (the real members only): ``train_loss``,
+  ``train_task``, ``train_<m>`` for the task's training metrics, ``val_<m>`` for its metrics."""
   n = ph.n
   rec = {"phase": ph.name, "epoch": e, "ckpt": ck, "lr_factor": float(lr),
          "temperature": [float(t) for t in flags["temperature"][:n]],
          "lambda": [float(l) for l in lam_e[:n]],
          "train_loss": [_finite(v) for v in train["loss"][:n]],
-         "train_task": [_finite(v) for v in train["task"][:n]],
-         "train_acc": [_finite(v) for v in train["acc"][:n]],
-         "val_acc": [_finite(v) for v in val["acc"][:n]],
-         "val_loss": [_finite(v) for v in val["loss"][:n]],
-         "failed": [bool(v) for v in flags["failed"][:n]],
-         "stopped": [bool(v) for v in flags["stopped"][:n]],
-         "best_epoch": [int(v) for v in flags["best_epoch"][:n]]}
+         "train_task": [_finite(v) for v in train["task"][:n]]}
+  for k in sorted(set(train) - {"loss", "task", "cost", "ok"}):
+    rec[f"train_{k}"] = [_finite(v) for v in train[k][:n]]
+  for k in val:
+    rec[f"val_{k}"] = [_finite(v) for v in val[k][:n]]
+  rec.update({"failed": [bool(v) for v in flags["failed"][:n]],
+              "stopped": [bool(v) for v in flags["stopped"][:n]],
+              "best_epoch": [int(v) for v in flags["best_epoch"][:n]]})
   if hard_cost is not None or ph.name == "pit_search":
     rec["cost_soft"] = [_finite(v) for v in train["cost"][:n]]
   if hard_cost is not None:
@@ -345,7 +353,8 @@ def run_phase(sw, ph: Phase, ex, start_epoch: int, ckpt_base: int, meta: Dict[st
       sums = m if sums is None else jax.tree_util.tree_map(jnp.add, sums, m)
       bar.after_step()
     train = {k: v / ph.steps for k, v in _to_host(sums).items()}
-    val = _evaluate(ex, sw.dataset.val, int(cfg.train.eval_batch_size), sw.loader_cls, n)
+    val = _evaluate(ex, sw.dataset.val, int(cfg.train.eval_batch_size), sw.loader_cls, n,
+                    sw.task)
     hard_cost = None
     if phase == "search":
       stacked = ex.stacked()
@@ -356,7 +365,8 @@ def run_phase(sw, ph: Phase, ex, start_epoch: int, ckpt_base: int, meta: Dict[st
     if sw.is_main:
       log.write(_epoch_record(ph, e, ck, lr, lam_e, train, val, hard_cost, flags))
     if bar.enabled:
-      bar.epoch(e, epoch_text(phase, train, val, hard_cost, flags, ph.n, cfg.search.cost))
+      bar.epoch(e, epoch_text(phase, train, val, hard_cost, flags, ph.n, cfg.search.cost,
+                              sw.task.metrics, sw.task.selection))
     meta = dict(meta, phase=phase, epoch=e + 1,
                 times=dict(meta.get("times", {}),
                            **{phase: meta.get("times", {}).get(phase, 0.0)

@@ -105,7 +105,8 @@ class _PhaseProgress:
       self.bar = None
 
 
-def epoch_text(phase, train, val, hard_cost, flags, n: int, cost: str) -> str:
+def epoch_text(phase, train, val, hard_cost, flags, n: int, cost: str, metrics=None,
+               monitor: str = "acc") -> str:
   """One epoch's summary over the members: ranges, with units.
 
   Args:
@@ -114,6 +115,8 @@ def epoch_text(phase, train, val, hard_cost, flags, n: int, cost: str) -> str:
     hard_cost: the argmax cost of the search's members (None in other phases).
     flags: the members' flags (:func:`jpq_jax.sweep.executors._host_flags`).
     n: the real members (the first ``n``); ``cost``: the name of the search cost.
+    metrics: the task's ``{name: jpq_jax.tasks.Metric}`` (default: classification's accuracy).
+    monitor: the validation metric shown (the task's own selection metric).
 
   Returns:
     A line such as ``train_loss 0.412-0.530, val_acc 91.2-93.0%, size 35.7-77.4 kB, T 0.84, 0/8
@@ -129,14 +132,31 @@ def epoch_text(phase, train, val, hard_cost, flags, n: int, cost: str) -> str:
     lo, hi = fmt(v.min()), fmt(v.max())
     return lo if lo == hi else f"{lo}-{hi}"
 
-  parts = [f"train_loss {rng(train['loss'], lambda x: f'{x:.3f}')}",
-           f"val_acc {rng(100 * np.asarray(val['acc']), lambda x: f'{x:.1f}')}%"]
+  shown = monitor if monitor in val else next(iter(val))
+  pct = metrics[shown].percent if metrics is not None and shown in metrics else shown == "acc"
+  if pct:
+    val_part = f"val_{shown} {rng(100 * np.asarray(val[shown]), lambda x: f'{x:.1f}')}%"
+  else:
+    val_part = f"val_{shown} {rng(val[shown], lambda x: f'{x:.4g}')}"
+  parts = [f"train_loss {rng(train['loss'], lambda x: f'{x:.3f}')}", val_part]
   if hard_cost is not None:
     parts.append(_cost_text(cost, np.asarray(hard_cost)[:n][ok]))
   if phase == "search":
     parts.append(f"T {float(np.max(flags['temperature'][:n])):.3g}")
   parts.append(f"{int((~ok).sum())}/{n} failed" if n > 1 else ("failed" if not ok[0] else "ok"))
   return ", ".join(parts)
+
+
+def _task_text(sw) -> str:
+  """``, task reconstruction (epochs selected on val loss, lower is better)``; empty for the
+  default classification."""
+  task = getattr(sw, "task", None)
+  if task is None or task.name == "classification":
+    return ""
+  from jpq_jax.sweep.build import monitor_of  # pylint: disable=import-outside-toplevel
+  m = monitor_of(sw.cfg, task)
+  way = "higher" if task.metrics[m].higher_is_better else "lower"
+  return f", task {task.name} (epochs selected on val {m}, {way} is better)"
 
 
 def header_text(sw) -> str:
@@ -167,7 +187,7 @@ def header_text(sw) -> str:
       f"{ds.num_classes} classes)",
       f"  {sw.n} member{'s' if sw.n != 1 else ''}: lambda {lams} "
       f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), "
-      f"cost {cfg.search.cost}",
+      f"cost {cfg.search.cost}" + _task_text(sw),
       f"  strategy {sw.strategy} on {len(dev)} {dev[0].platform} device(s), "
       f"{jax.process_count()} process(es)",
       "  epochs: " + ", ".join(f"{k} {v}" for k, v in phases)

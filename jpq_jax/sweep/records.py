@@ -27,9 +27,10 @@ class _Log:
   TensorBoard (tensorboardX, under ``<workdir>/tensorboard``): one run per member
   (``m00_lam1e-05_seed14``) and one for the shared warm-up (``warmup``), so TensorBoard overlays the
   members on one chart per tag. Tags are ``<phase>/<metric>`` with the metrics of
-  ``metrics.jsonl``: ``train_loss``, ``train_task``, ``train_acc``, ``val_acc``, ``val_loss``,
+  ``metrics.jsonl``: ``train_loss``, ``train_task``, the task's ``train_<m>`` (classification:
+  ``train_acc``) and ``val_<m>`` (classification: ``val_acc``, ``val_loss``),
   ``temperature``, ``lambda``, ``lr_factor``, ``best_epoch`` and, in the search,
-  ``cost_soft_<cost>`` / ``cost_argmax_<cost>``; plus ``final/<split>_acc`` and
+  ``cost_soft_<cost>`` / ``cost_argmax_<cost>``; plus ``final/<split>_<metric>`` and
   ``final/cost_<cost>`` of the finished member. The step is the checkpoint step (epochs done over
   all phases), which only grows across phases; on resume, events after the restored checkpoint are
   purged, as the lines of ``metrics.jsonl`` are.
@@ -120,11 +121,13 @@ class _Log:
       self._scalars(None if phase == "warmup" else k, vals, step)
 
   def write_final(self, results: Mapping, step: int):
-    """Final accuracy and argmax costs of every member (tags ``final/...``)."""
+    """Final task metrics and argmax costs of every member (tags ``final/...``)."""
     if not self.enabled or self._writer_cls is None:
       return
+    metrics = tuple((results.get("task") or {}).get("metrics") or ("acc",))
     for k, m in enumerate(results["members"]):
-      vals = {f"final/{key}": v for key, v in m.items() if key.endswith("_acc")}
+      vals = {f"final/{key}": v for key, v in m.items()
+              if key.startswith(("val_", "test_")) and key.endswith(tuple(f"_{x}" for x in metrics))}
       vals.update({f"final/cost_{c}": v for c, v in m["costs_argmax"].items()})
       self._scalars(k, vals, step)
 

@@ -1,4 +1,5 @@
-"""``results.json``: what every member reached (accuracy, every cost, per-layer bits) and the run.
+"""``results.json``: what every member reached (the task's metrics, every cost, per-layer bits) and
+the run (its task: metrics and their directions).
 
 The records are built on every process (the evaluations are collectives with several processes);
 process 0 writes them (:func:`jpq_jax.pareto.write_results`).
@@ -14,6 +15,7 @@ import numpy as np
 
 from jpq_jax import train as T
 from jpq_jax.ctx import Ctx
+from jpq_jax.sweep.build import pareto_metric_of
 from jpq_jax.sweep.distributed import _host_tree
 from jpq_jax.sweep.executors import _host_flags
 from jpq_jax.sweep.phases import _evaluate
@@ -21,13 +23,29 @@ from jpq_jax.sweep.records import _finite, library_versions
 
 
 def _evaluate_splits(sw, ex) -> Dict[str, Dict[str, Any]]:
-  """Accuracy and loss of every member of ``ex`` on ``val``, ``test`` and the extra test splits."""
+  """The task's metrics of every member of ``ex`` on ``val``, ``test`` and the extra test splits."""
   ds, bs = sw.dataset, int(sw.cfg.train.eval_batch_size)
-  evals = {"val": _evaluate(ex, ds.val, bs, sw.loader_cls, ex.n),
-           "test": _evaluate(ex, ds.test, bs, sw.loader_cls, ex.n)}
+  evals = {"val": _evaluate(ex, ds.val, bs, sw.loader_cls, ex.n, sw.task),
+           "test": _evaluate(ex, ds.test, bs, sw.loader_cls, ex.n, sw.task)}
   for name, split in (ds.extra_tests or {}).items():
-    evals[f"test_{name}"] = _evaluate(ex, split, bs, sw.loader_cls, ex.n)
+    evals[f"test_{name}"] = _evaluate(ex, split, bs, sw.loader_cls, ex.n, sw.task)
   return evals
+
+
+def _split_metrics(rec, evals, k: int, failed: bool) -> None:
+  """``<split>_<metric>`` of member ``k`` into its record (None for a failed member)."""
+  for split, ev in evals.items():
+    for metric, values in ev.items():
+      rec[f"{split}_{metric}"] = None if failed else _finite(values[k])
+
+
+def task_record(sw) -> Dict[str, Any]:
+  """The run's task in ``results.json``: name, options, metrics (label, direction), the metric
+  that selected each member's epochs (``monitor``) and the task's own (``selection``)."""
+  from jpq_jax.sweep.build import monitor_of  # pylint: disable=import-outside-toplevel
+  rec = sw.task.describe()
+  rec["monitor"] = monitor_of(sw.cfg, sw.task)
+  return rec
 
 
 def run_header(sw, members) -> Dict[str, Any]:
@@ -45,10 +63,11 @@ def run_header(sw, members) -> Dict[str, Any]:
   times = sw._meta.get("times", {})
   out = {"name": cfg.name, "method": sw.method, "dataset": ds.name, "model": cfg.model.name,
          "num_classes": int(ds.num_classes), "input_shape": list(ds.input_shape),
+         "task": task_record(sw),
          "search_cost": "params" if sw.method == "pit" else cfg.search.cost,
          "pareto_cost": cfg.sweep.pareto_cost or ("size" if sw.method == "pit"
                                                   else cfg.search.cost),
-         "pareto_metric": cfg.sweep.pareto_metric,
+         "pareto_metric": pareto_metric_of(cfg, sw.task),
          "w_precisions": list(cfg.model.w_precisions), "a_precisions": list(cfg.model.a_precisions),
          "granularity": cfg.model.granularity,
          "cost_units": {n: creg.cost_unit(n) for n in sw.report_costs},
@@ -84,7 +103,8 @@ def member_results(sw, ex, final) -> Dict[str, Any]:
     final: the stacked final states.
 
   Returns:
-    The results (:func:`run_header` with a record per member: accuracies, losses, soft and
+    The results (:func:`run_header` with a record per member: the task's metrics per split
+    (``val_acc``, ``test_loss``, ...), soft and
     argmax costs, per-layer bits, best epochs, times).
   """
   from jpq_jax.arch import precision_summary  # pylint: disable=import-outside-toplevel
@@ -131,9 +151,7 @@ def member_results(sw, ex, final) -> Dict[str, Any]:
                           for kk, vv in rec_.items()} for g, rec_ in groups.items()},
            "train_time_s": pit_total + total / max(sw.n, 1),
            "sweep_time_s": pit_total + total}
-    for split, ev in evals.items():
-      rec[f"{split}_acc"] = None if failed else _finite(ev["acc"][k])
-      rec[f"{split}_loss"] = None if failed else _finite(ev["loss"][k])
+    _split_metrics(rec, evals, k, failed)
     members.append(rec)
   return run_header(sw, members)
 
@@ -183,9 +201,7 @@ def pit_results(sw, ex, masks_all, soft, failed_s) -> Dict[str, Any]:
            "costs_soft": {"params": soft[k]}, "costs_argmax": costs, "layers": layers,
            "groups": {g: dict(v, w_bits_hist={"0": v["channels"] - v["kept"], "32": v["kept"]})
                       for g, v in kept.items()}}
-    for split, ev in evals.items():
-      rec[f"{split}_acc"] = None if failed else _finite(ev["acc"][k])
-      rec[f"{split}_loss"] = None if failed else _finite(ev["loss"][k])
+    _split_metrics(rec, evals, k, failed)
     members.append(rec)
   results = run_header(sw, members)
   for rec in members:

@@ -21,7 +21,7 @@ import ml_collections
 
 from jpq_jax import train as T
 from jpq_jax.compiler import SETTINGS as COMPILER_SETTINGS
-from jpq_jax.sweep.build import _space
+from jpq_jax.sweep.build import _space, build_task, monitor_of
 from jpq_jax.sweep.config import (FREE_FORM_GROUPS, KILL_WHEN, METHODS, SCHEDULE_FIELDS,
                                   SCHEDULE_GROUPS, STOP_SIGNALS, STRATEGIES, _field_error,
                                   base_config, resolve_method)
@@ -56,6 +56,38 @@ def _check_schedules(cfg) -> None:
     if kind == "multistep" and len(node["milestones"]) != len(node["factors"]):
       raise _field_error(f"{path}.factors", f"{len(node['factors'])} factors for "
                          f"{len(node['milestones'])} milestones (one factor per milestone)")
+
+
+def _check_task_metrics(cfg, task) -> None:
+  """``train.monitor`` and ``sweep.pareto_metric`` name metrics of the config's task.
+
+  Raises:
+    ConfigError: naming the field, the task and its metrics.
+  """
+  names = list(task.metrics)
+  monitor = str(cfg.train.get("monitor", "auto"))
+  if monitor != "auto" and monitor not in names:
+    raise _field_error("train.monitor", f"task {task.name!r} has no metric {monitor!r}; use "
+                       f"'auto' (its own, {task.selection!r}) or one of {names}")
+  pm = str(cfg.sweep.get("pareto_metric", "auto"))
+  split, _, metric = pm.partition("_")
+  if pm != "auto" and (split not in ("val", "test") or metric not in names):
+    raise _field_error("sweep.pareto_metric", f"use 'auto' (val_{task.selection}) or "
+                       f"'<val|test>_<metric>' with a metric of task {task.name!r} {names}, got "
+                       f"{pm!r}")
+
+
+def _canonical(config: Any) -> Any:
+  """A config dict with ``train.monitor = 'auto'`` written as the metric it means (the resume
+  check: a run of jpq before tasks existed recorded ``'acc'``, what ``auto`` means for it)."""
+  train = config.get("train") if isinstance(config, dict) else None
+  if not isinstance(train, dict) or train.get("monitor", "auto") != "auto":
+    return config
+  try:
+    task = build_task(config)
+  except ValueError:
+    return config
+  return dict(config, train=dict(train, monitor=monitor_of(config, task)))
 
 
 def _check_schema(cfg) -> None:
@@ -177,16 +209,14 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
   if s.pareto_cost and s.pareto_cost not in costs:
     raise _field_error("sweep.pareto_cost", f"unknown cost model {s.pareto_cost!r}; registered: "
                        f"{costs}")
-  if s.pareto_metric not in ("test_acc", "val_acc"):
-    raise _field_error("sweep.pareto_metric", "use 'test_acc' or 'val_acc'")
+  task = build_task(cfg)
+  _check_task_metrics(cfg, task)
   if cfg.model.name not in MODELS:
     raise _field_error("model.name", f"unknown model {cfg.model.name!r}; available: {sorted(MODELS)}")
   _space(resolve_method(cfg) if "method" in cfg else cfg)
   if cfg.train.get("remat", "none") not in T.REMAT_POLICIES:
     raise _field_error("train.remat", f"unknown policy {cfg.train.remat!r}; use one of "
                        f"{T.REMAT_POLICIES}")
-  if cfg.train.monitor not in ("acc", "loss"):
-    raise _field_error("train.monitor", f"use 'acc' or 'loss', got {cfg.train.monitor!r}")
   kill = str(cfg.get("debug", {}).get("kill_at", "") or "")
   if kill:
     parts = kill.split(":")
@@ -293,7 +323,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       # evaluation batch, rematerialisation, the XLA options and the form of the activation
       # mixture change only float32 rounding, and a preempted run may resume on other devices
       # (its member padding is rebuilt) with its data mounted elsewhere.
-      diff = _first_diff(old, new, ignore=RESUME_MAY_CHANGE)
+      diff = _first_diff(_canonical(old), _canonical(new), ignore=RESUME_MAY_CHANGE)
       if diff is not None:
         was, now = _at(old, diff), _at(new, diff)
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
