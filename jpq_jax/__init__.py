@@ -10,6 +10,8 @@ The public API, re-exported here:
   (:func:`freeze`) and conversion of a float model to search form (:func:`to_search`);
 * deployment export to a pruned integer bundle with numpy inference (:mod:`jpq_jax.export`);
 * the Pareto sweep driver (:func:`run_sweep`) and single-member restore (:func:`restore_member`);
+* automatic conversion of a plain Flax Linen model (:func:`searchable`, :func:`convert_variables`)
+  and user models for the sweep (:func:`register_model`, or an import path in the config);
 * :func:`compiler_options`: the XLA options jpq compiles its steps with (pass them to ``jax.jit``
   when you compile your own training step around jpq layers).
 """
@@ -18,7 +20,8 @@ import importlib as _importlib
 
 # Lazy: ``import jpq_jax`` is cheap (the ``jpq`` command's help, report and inspect start in well
 # under a second); JAX, Flax and Orbax load when a name that needs them is first used (PEP 562).
-_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "costs", "data", "export",
+_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "convert", "costs", "data",
+               "export",
                "fold", "layers", "models", "ops", "pareto", "pit", "quant", "sweep", "table",
                "train")
 _NAMES = {
@@ -31,6 +34,8 @@ _NAMES = {
     "Group": "layers", "InputQuantizer": "layers", "QTensor": "layers", "SearchSpace": "layers",
     "GroupRecord": "table", "LayerRecord": "table", "LayerTable": "table",
     "trace_table": "table",
+    "ConversionError": "convert", "Searchable": "convert", "convert_variables": "convert",
+    "searchable": "convert", "register_model": "models",
 }
 
 __version__ = "0.1.0"
@@ -42,6 +47,7 @@ __all__ = [
     "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "SweepInterrupted",
     "quant", "thetas",
     "trace_table", "fold_batchnorm", "to_fixed", "to_search",
+    "ConversionError", "Searchable", "convert_variables", "searchable", "register_model",
 ]
 
 
