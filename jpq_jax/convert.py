@@ -29,7 +29,6 @@ a folded BatchNorm lives under its conv as ``BatchNorm_0``, as in jpq's layers.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import inspect
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -44,13 +43,11 @@ from jpq_jax import ops
 from jpq_jax.convert_graph import ConversionError, Plan, analyse, is_relu
 from jpq_jax.ctx import Ctx
 from jpq_jax.layers import Add, Conv, Dense, Group, InputQuantizer, QTensor, SearchSpace
+from jpq_jax.table import IN_USER_TRACE
 
-__all__ = ["ConversionError", "Searchable", "searchable", "convert_variables", "IN_USER_TRACE"]
+__all__ = ["ConversionError", "Searchable", "searchable", "convert_variables"]
 
 
-# Set while the user's own model is traced inside a conversion: jpq_jax.trace_table's check for
-# standard Flax layers inside jpq models must not see the user's (intercepted) layers.
-IN_USER_TRACE: contextvars.ContextVar = contextvars.ContextVar("jpq_in_user_trace", default=False)
 
 _LAYER_P = jcore.Primitive("jpq_user_layer")
 

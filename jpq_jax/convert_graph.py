@@ -107,11 +107,17 @@ def _where(eqn, default: str) -> str:
 def is_relu(eqn, var) -> bool:
   """Whether ``eqn`` is ``relu(var)`` (``jax.nn.relu`` / ``nn.relu`` or ``max(var, 0)``)."""
   p = eqn.primitive.name
-  if p in ("custom_jvp_call", "jit", "pjit") and eqn.params.get("name") == "relu":
-    return len(eqn.invars) == 1
-  if p == "max" and len(eqn.invars) == 2:
+  if p in ("custom_jvp_call", "jit", "pjit"):
+    if len(eqn.invars) != 1 or len(eqn.outvars) != 1:
+      return False
+    if eqn.params.get("name") == "relu":
+      return True
+    sub = _sub_jaxpr(eqn)  # jax.nn.relu: a custom_jvp around jit(max(x, 0))
+    return (sub is not None and len(sub.eqns) == 1 and sub.outvars[0] is sub.eqns[0].outvars[0]
+            and is_relu(sub.eqns[0], sub.invars[0]))
+  if p == "max" and len(eqn.invars) == 2 and var in eqn.invars:
     other = eqn.invars[1] if eqn.invars[0] is var else eqn.invars[0]
-    return isinstance(other, jcore.Literal) and np.all(np.asarray(other.val) == 0)
+    return isinstance(other, jcore.Literal) and bool(np.all(np.asarray(other.val) == 0))
   return False
 
 
