@@ -139,11 +139,14 @@ def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):
 
   Raises:
     ConfigError: an invalid search space in the ``model`` section (names the field).
-    ValueError: unknown model name.
+    ValueError: unknown model name (or an import path that does not import).
+    jpq_jax.ConversionError: a user's plain Flax model that cannot be converted.
   """
-  from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
-  model = get_model(cfg["model"]["name"], _space(cfg), int(num_classes))
+  from jpq_jax.models import build_model  # pylint: disable=import-outside-toplevel
   sample = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  # A built-in, registered or import-path model ("pkg.mod:Class"; a plain Flax one is converted).
+  model = build_model(cfg["model"]["name"], _space(cfg), int(num_classes), sample,
+                      cfg["model"].get("kwargs") or {})
   return model, trace_table(model, sample), sample
 
 

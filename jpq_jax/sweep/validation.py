@@ -144,7 +144,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
   Raises:
     ConfigError: naming the offending field.
   """
-  from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  from jpq_jax.models import model_factory  # pylint: disable=import-outside-toplevel
   _check_schema(cfg)
   if "method" in cfg:
     _validate_method(cfg)
@@ -179,8 +179,10 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
                        f"{costs}")
   if s.pareto_metric not in ("test_acc", "val_acc"):
     raise _field_error("sweep.pareto_metric", "use 'test_acc' or 'val_acc'")
-  if cfg.model.name not in MODELS:
-    raise _field_error("model.name", f"unknown model {cfg.model.name!r}; available: {sorted(MODELS)}")
+  try:
+    model_factory(cfg.model.name)  # built-in, jpq_jax.register_model or "pkg.module:Class"
+  except ValueError as e:
+    raise _field_error("model.name", str(e)) from None
   _space(resolve_method(cfg) if "method" in cfg else cfg)
   if cfg.train.get("remat", "none") not in T.REMAT_POLICIES:
     raise _field_error("train.remat", f"unknown policy {cfg.train.remat!r}; use one of "
