@@ -46,11 +46,25 @@ def test_register_model_resolves_to_an_import_path():
 
 @pytest.mark.slow  # a CLI sweep and four fresh processes: ~5 min on the loaded 2-core machine
 def test_import_path_model_sweep_then_fresh_processes(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jpq_jax.checkpoint import load_tree, save_tree  # pylint: disable=import-outside-toplevel
+  from userpkg.nets import DigitsNet  # pylint: disable=import-outside-toplevel
+  # The user's own "trained" model: its variables are the warm-up (no float training).
+  user_v = jax.jit(DigitsNet(width=8).init)(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 1)))
+  save_tree(str(tmp_path / "user_ckpt"), user_v)
   cfg_file = write_tiny_config(tmp_path / "tiny.py", lambdas=(1e-5, 1e-3))
   work = str(tmp_path / "run")
   sweep = ["-m", "jpq_jax.cli", "sweep", "--config", cfg_file, "--workdir", work, "--no-progress",
-           "model.name=userpkg.nets:DigitsNet", "model.kwargs.width=8"]
+           "model.name=userpkg.nets:DigitsNet", "model.kwargs.width=8",
+           f"warmup.user_checkpoint={tmp_path / 'user_ckpt'}"]
   _run(sweep, ROOT)
+  warm = load_tree(os.path.join(work, "warmup"))
+  np.testing.assert_array_equal(warm["params"]["ResBlock_0.Conv_1"]["kernel"],
+                                user_v["params"]["ResBlock_0"]["Conv_1"]["kernel"])
+  np.testing.assert_array_equal(warm["batch_stats"]["Conv_0"]["BatchNorm_0"]["var"],
+                                user_v["batch_stats"]["BatchNorm_0"]["var"])
   with open(os.path.join(work, "config.json")) as f:
     saved = json.load(f)
   assert saved["resolved_config"]["model"]["name"] == "userpkg.nets:DigitsNet"

@@ -122,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
       class_weights=False, label_smoothing=0.0, remat="none"))
   c.warmup = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)),
-      checkpoint="", train_size=0))
+      checkpoint="", user_checkpoint="", train_size=0))
   c.search = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), arch_optimizer=_opt("sgd", 1e-2, 0.0, 0.9),
       schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)), cost="size",
