@@ -71,7 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
       :func:`jpq_jax.train.make_train_step`).
     warmup / search / finetune: ``epochs``, ``optimizer`` (``adam``/``sgd``, lr, wd, momentum,
       nesterov), ``schedule`` (see :func:`jpq_jax.train.lr_factor`); warm-up ``checkpoint`` (a
-      ``warmup/`` directory of an earlier run to reuse) and ``train_size`` (jpq's option, 0 = off:
+      ``warmup/`` directory of an earlier run to reuse), ``user_checkpoint`` (the trained
+      variables of the user's own plain Flax model, ``model.name = "pkg.module:Class"``, saved with
+      :func:`jpq_jax.checkpoint.save_tree`: converted with :func:`jpq_jax.convert_variables`,
+      they are the warm-up, which is then not trained) and ``train_size`` (jpq's option, 0 = off:
       the float warm-up trains on a seeded subset of this many examples of the *whole* training
       split, before ``data.options.train_size``, so a reduced protocol can afford a well-trained
       float model and search on fewer images; the subset of the other phases is a subset of it);
