@@ -11,7 +11,7 @@ How (the JAX counterpart of the reference's torch.fx tracing, METHOD.md §2.6):
 1. The user's model is traced to a jaxpr with :func:`flax.linen.intercept_methods`; every call of a
    known layer is replaced by a marker primitive (:data:`_LAYER_P`) that records the layer, so the
    jaxpr is the layer graph with the glue ops between them (adds, activations, pooling, reshape).
-2. :mod:`jpq_jax.graph_analysis`-like rules below walk it: a conv/dense starts a sharing group,
+2. :func:`jpq_jax.convert_graph.analyse` walks it: a conv/dense starts a sharing group,
    a depthwise conv and every channel-preserving op keep their input's, and the operands of an
    ``add`` are merged (union-find); a BatchNorm must directly follow a conv (it is folded into it);
    anything that mixes channels outside a layer (concatenate, dot_general, a reduction over

@@ -88,3 +88,19 @@ def test_import_path_model_sweep_then_fresh_processes(tmp_path):
   # Rerunning the same command finds the finished run and does not start over.
   again = _run(sweep, ROOT)
   assert "Traceback" not in again
+
+
+def test_user_checkpoint_config_errors(tmp_path):
+  from jpq_jax.sweep import validation  # pylint: disable=import-outside-toplevel
+  cfg = tiny_config()
+  cfg.warmup.user_checkpoint = str(tmp_path / "missing")
+  cfg.model.name = "userpkg.nets:DigitsNet"
+  with pytest.raises(jpq.ConfigError, match=r"warmup.user_checkpoint.*not a directory"):
+    validation.validate_config(cfg)
+  cfg.warmup.user_checkpoint = str(tmp_path)
+  cfg.model.name = "demo"
+  with pytest.raises(jpq.ConfigError, match=r"warmup.user_checkpoint.*built-in jpq model"):
+    validation.validate_config(cfg)
+  cfg.warmup.checkpoint = str(tmp_path)
+  with pytest.raises(jpq.ConfigError, match=r"not both"):
+    validation.validate_config(cfg)
