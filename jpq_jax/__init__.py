@@ -12,6 +12,8 @@ The public API, re-exported here:
   ONNX / QONNX and with integer-only requantization (:mod:`jpq_jax.deploy`);
 * the Pareto sweep driver (:func:`run_sweep`) and single-member restore (:func:`restore_member`);
 * tasks, the loss and metrics a sweep trains and selects on (:mod:`jpq_jax.tasks`);
+* automatic conversion of a plain Flax Linen model (:func:`searchable`, :func:`convert_variables`)
+  and user models for the sweep (:func:`register_model`, or an import path in the config);
 * :func:`compiler_options`: the XLA options jpq compiles its steps with (pass them to ``jax.jit``
   when you compile your own training step around jpq layers).
 """
@@ -20,9 +22,9 @@ import importlib as _importlib
 
 # Lazy: ``import jpq_jax`` is cheap (the ``jpq`` command's help, report and inspect start in well
 # under a second); JAX, Flax and Orbax load when a name that needs them is first used (PEP 562).
-_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "costs", "data", "deploy",
-               "export", "fold", "layers", "models", "ops", "pareto", "pit", "quant", "sweep",
-               "table", "tasks", "train")
+_SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "convert", "costs", "data",
+               "deploy", "export", "fold", "layers", "models", "ops", "pareto", "pit", "quant",
+               "sweep", "table", "tasks", "train")
 _NAMES = {
     "GroupTheta": "arch", "freeze": "arch", "precision_summary": "arch", "thetas": "arch",
     "fold_batchnorm": "fold", "to_fixed": "fold", "to_search": "fold",
@@ -33,6 +35,8 @@ _NAMES = {
     "Group": "layers", "InputQuantizer": "layers", "QTensor": "layers", "SearchSpace": "layers",
     "GroupRecord": "table", "LayerRecord": "table", "LayerTable": "table",
     "trace_table": "table",
+    "ConversionError": "convert", "Searchable": "convert", "convert_variables": "convert",
+    "searchable": "convert", "register_model": "models",
 }
 
 __version__ = "0.1.0"
@@ -45,6 +49,7 @@ __all__ = [
     "restore_member", "run_sweep", "base_config", "demo_config", "ConfigError", "SweepInterrupted",
     "quant", "tasks", "thetas",
     "trace_table", "fold_batchnorm", "to_fixed", "to_search",
+    "ConversionError", "Searchable", "convert_variables", "searchable", "register_model",
 ]
 
 

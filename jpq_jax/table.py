@@ -8,7 +8,9 @@ into a hashable :class:`LayerTable` that can be a static argument of a jitted fu
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import inspect
 import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -22,6 +24,44 @@ from jpq_jax.ctx import Ctx
 __all__ = ["LayerRecord", "GroupRecord", "LayerTable", "trace_table", "TABLE_COLLECTION"]
 
 TABLE_COLLECTION = "table"
+
+# Set by jpq_jax.convert while it traces a user's plain Flax model inside a converted model: that
+# model's standard layers are intercepted there and are not layers of the jpq model.
+IN_USER_TRACE: contextvars.ContextVar = contextvars.ContextVar("jpq_in_user_trace", default=False)
+
+# Standard Flax layers with weights: inside a jpq model they would run unquantized and uncosted.
+_FLAX_WEIGHT_LAYERS = ("Conv", "ConvTranspose", "ConvLocal", "Dense", "DenseGeneral", "Einsum",
+                       "Embed", "MultiHeadDotProductAttention", "MultiHeadAttention",
+                       "SelfAttention", "LayerNorm", "GroupNorm", "RMSNorm", "BatchNorm")
+
+
+def _plain_model_error(model: Any) -> TypeError:
+  params = list(inspect.signature(type(model).__call__).parameters)[2:3]
+  where = f" (the Ctx landed in its argument {params[0]!r})" if params else ""
+  return TypeError(f"{type(model).__name__} is a plain Flax model, not one built from jpq_jax "
+                   f"layers{where}: convert it first with net = jpq_jax.searchable(model, "
+                   "sample_input, space) and use net")
+
+
+def _check_module(mod: Any, seen: list, model: Any) -> None:
+  """Marks jpq modules as seen; refuses a standard Flax layer inside a jpq model."""
+  kind = type(mod)
+  if kind.__module__.startswith("jpq_jax."):
+    seen.append(kind)
+    return
+  if IN_USER_TRACE.get() or not kind.__module__.startswith("flax.") or \
+      kind.__name__ not in _FLAX_WEIGHT_LAYERS:
+    return
+  parent = getattr(mod, "parent", None)
+  if kind.__name__ == "BatchNorm" and type(parent).__module__ == "jpq_jax.layers":
+    return  # the float-mode BatchNorm of a jpq_jax.Conv
+  if not seen:
+    raise _plain_model_error(model)
+  path = "/".join(mod.scope.path) if mod.scope is not None else kind.__name__
+  raise ValueError(f"{path}: standard Flax layer nn.{kind.__name__} inside a jpq_jax model: it "
+                   "would run unquantized and be missing from every cost; use jpq_jax.Conv / "
+                   "jpq_jax.Dense with a jpq_jax.Group, or write the whole model in plain Flax "
+                   "and convert it with jpq_jax.searchable(model, sample_input, space)")
 
 
 @struct.dataclass
@@ -238,19 +278,31 @@ def trace_table(model: Any, sample_input: Any, ctx: Any = None) -> LayerTable:
     # Records the order in which modules are first called: the table lists layers in call
     # (topological) order rather than in the collection's alphabetical order.
     path = tuple(context.module.scope.path) if context.module.scope is not None else ()
-    call_order.setdefault(path, len(call_order))
+    _check_module(context.module, seen, model)
+    if not IN_USER_TRACE.get():
+      call_order.setdefault(path, len(call_order))
     return next_fun(*args, **kwargs)
 
   def _trace(x):
-    variables = model.init(jax.random.PRNGKey(0), x, ctx)
     with nn.intercept_methods(_record_order):
+      variables = model.init(jax.random.PRNGKey(0), x, ctx)
       out, state = model.apply(variables, x, ctx, mutable=[TABLE_COLLECTION])
     return state, out
 
-  variables, out = jax.eval_shape(_trace, x)
+  seen: list = []  # jpq_jax module classes that ran
+  try:
+    variables, out = jax.eval_shape(_trace, x)
+  except Exception as e:  # pylint: disable=broad-except
+    if seen or isinstance(e, TypeError) and "plain Flax model" in str(e):
+      raise
+    # A plain Flax model got the Ctx as its own argument (e.g. train=ctx) and failed somewhere
+    # inside Flax (ModifyScopeVariableError...): say what happened instead.
+    raise _plain_model_error(model) from e
   layers: list = []
   groups: Dict[str, GroupRecord] = {}
   _collect(variables.get(TABLE_COLLECTION, {}), layers, groups)
+  if not seen:
+    raise _plain_model_error(model)
   if not layers:
     raise ValueError(
         f"model {type(model).__name__} has no searchable layer: build it with jpq_jax.Conv / "

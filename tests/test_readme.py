@@ -64,3 +64,16 @@ def test_custom_task_example_runs():
     assert abs(float(s / n) - 0.05 * (1 - 0.025)) < 1e-6
   finally:
     tasks.TASKS.pop("huber", None)
+
+
+def test_own_model_example_runs(capsys):
+  ns: dict = {}
+  exec(compile(_example("own-model"), "README.md:own-model", "exec"), ns)
+  import numpy as np
+  table = ns["table"]
+  # The residual add tied the two convs into one group; the classifier has its own.
+  assert table.layer("Conv_0").w_group == table.layer("Conv_1").w_group
+  assert float(ns["size"]) > 0 and ns["logits"].shape == (4, 10)
+  fake = ns["net"].apply(ns["fixed_vars"], ns["x"], ns["jpq"].Ctx.fixed()).value
+  np.testing.assert_allclose(ns["int_logits"], np.asarray(fake), rtol=1e-4, atol=1e-4)
+  assert "Conv_1" in capsys.readouterr().out

@@ -139,12 +139,38 @@ def build_model_from_config(cfg, num_classes: int, input_shape: Sequence[int]):
 
   Raises:
     ConfigError: an invalid search space in the ``model`` section (names the field).
-    ValueError: unknown model name.
+    ValueError: unknown model name (or an import path that does not import).
+    jpq_jax.ConversionError: a user's plain Flax model that cannot be converted.
   """
-  from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
-  model = get_model(cfg["model"]["name"], _space(cfg), int(num_classes))
+  from jpq_jax.models import build_model  # pylint: disable=import-outside-toplevel
   sample = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  # A built-in, registered or import-path model ("pkg.mod:Class"; a plain Flax one is converted).
+  model = build_model(cfg["model"]["name"], _space(cfg), int(num_classes), sample,
+                      cfg["model"].get("kwargs") or {})
   return model, trace_table(model, sample), sample
+
+
+def user_float_variables(model, path: str):
+  """A user's own trained variables (``warmup.user_checkpoint``) as the converted model's float ones.
+
+  Args:
+    model: the converted model (:class:`jpq_jax.Searchable`).
+    path: an Orbax tree of the user's model's ``{'params', 'batch_stats'}``
+      (:func:`jpq_jax.checkpoint.save_tree`).
+
+  Returns:
+    ``{'params', 'batch_stats'}`` for the converted model (:func:`jpq_jax.convert_variables`).
+
+  Raises:
+    ConfigError: the model is not a converted plain Flax model.
+    ValueError: the variables do not belong to the model.
+  """
+  from jpq_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from jpq_jax.convert import Searchable, convert_variables  # pylint: disable=import-outside-toplevel
+  if not isinstance(model, Searchable):
+    raise _field_error("warmup.user_checkpoint", f"model {type(model).__name__} is a jpq model; "
+                       "this field takes the variables of a plain Flax model")
+  return convert_variables(model, ckpt_lib.load_tree(path))
 
 
 def fixed_variables_template(model, sample, n_members: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 from typing import Any, Dict, List
 
 import ml_collections
@@ -16,9 +17,9 @@ import ml_collections
 STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
 # The joint method and the paper's baselines (METHOD.md §7, §10), selected by ``config.method``.
 METHODS = ("joint", "mixprec", "layerwise", "fixed", "pit", "pit_mixprec")
-# Groups whose keys are free-form (a dataset's keyword options): not checked against the schema,
+# Groups whose keys are free-form (a dataset's / a user model's keyword options): not checked against the schema,
 # and an override may add a key to them (jpq_jax.cli.FREE_FORM is this tuple).
-FREE_FORM_GROUPS = ("data.options", "task.options")
+FREE_FORM_GROUPS = ("data.options", "task.options", "model.kwargs")
 # Learning-rate schedules: their fields depend on the kind (train.lr_factor), so they are checked
 # per kind (validation._check_schedules) instead of against base_config's (exp) schedule.
 SCHEDULE_FIELDS = {"constant": (), "exp": ("gamma",), "multistep": ("milestones", "factors"),
@@ -59,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     seed: run seed (data order, model init).
     data: ``name`` (``demo``, ``cifar10``, ``gsc``, ``tinyimagenet``), ``data_dir``, ``options``
       (passed to :func:`jpq_jax.data.load`).
-    model: ``name`` and the :class:`~jpq_jax.SearchSpace` fields.
+    model: ``name`` (built-in, a :func:`jpq_jax.register_model` name, or an import path
+      ``"pkg.module:Class"`` of a plain Flax model, converted with :func:`jpq_jax.searchable`),
+      ``kwargs`` (the user model's keyword arguments) and the :class:`~jpq_jax.SearchSpace` fields.
     task: the loss and the metrics (:mod:`jpq_jax.tasks`): ``name`` (``classification``, the
       default; ``regression``; ``reconstruction``; or an import path ``"my_pkg.tasks:MyTask"``)
       and ``options`` (keyword options of the task, free-form: classification's
@@ -76,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
       :func:`jpq_jax.train.make_train_step`).
     warmup / search / finetune: ``epochs``, ``optimizer`` (``adam``/``sgd``, lr, wd, momentum,
       nesterov), ``schedule`` (see :func:`jpq_jax.train.lr_factor`); warm-up ``checkpoint`` (a
-      ``warmup/`` directory of an earlier run to reuse) and ``train_size`` (jpq's option, 0 = off:
+      ``warmup/`` directory of an earlier run to reuse), ``user_checkpoint`` (the trained
+      variables of the user's own plain Flax model, ``model.name = "pkg.module:Class"``, saved with
+      :func:`jpq_jax.checkpoint.save_tree`: converted with :func:`jpq_jax.convert_variables`,
+      they are the warm-up, which is then not trained) and ``train_size`` (jpq's option, 0 = off:
       the float warm-up trains on a seeded subset of this many examples of the *whole* training
       split, before ``data.options.train_size``, so a reduced protocol can afford a well-trained
       float model and search on fewer images; the subset of the other phases is a subset of it);
@@ -123,7 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="resnet8", w_precisions=(0, 2, 4, 8), a_precisions=(8,), input_precisions=(),
       granularity="channel", clip_init=6.0, input_clip_init=1.0, input_signed=False,
-      input_signed_clips=(-6.0, 6.0), activation_mixture="fused", keep_alive=0))
+      input_signed_clips=(-6.0, 6.0), activation_mixture="fused", keep_alive=0, kwargs={}))
   c.task = ml_collections.ConfigDict(dict(name="classification", options={}))
   c.task.options = ml_collections.ConfigDict()
   c.train = ml_collections.ConfigDict(dict(
@@ -131,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
       class_weights=False, label_smoothing=0.0, remat="none"))
   c.warmup = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)),
-      checkpoint="", train_size=0))
+      checkpoint="", user_checkpoint="", train_size=0))
   c.search = ml_collections.ConfigDict(dict(
       epochs=500, optimizer=_opt(), arch_optimizer=_opt("sgd", 1e-2, 0.0, 0.9),
       schedule=ml_collections.ConfigDict(dict(kind="exp", gamma=0.99)), cost="size",
@@ -253,6 +259,11 @@ def resolve_method(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     The resolved copy.
   """
   c = ml_collections.ConfigDict(cfg.to_dict())
+  models = sys.modules.get("jpq_jax.models")  # only a loaded registry can hold registered names
+  if models is not None:
+    # A jpq_jax.register_model name becomes its import path: config.json's resolved config then
+    # rebuilds the model in a fresh process (restore_member, jpq export, a resume).
+    c.model.name = models.canonical_name(c.model.name)
   method = c.get("method", "joint")
   w = tuple(int(p) for p in c.model.w_precisions)
   nonzero = tuple(p for p in w if p != 0)

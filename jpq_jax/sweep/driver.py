@@ -25,7 +25,7 @@ from jpq_jax import checkpoint as ckpt_lib
 from jpq_jax import train as T
 from jpq_jax.sweep import stages
 from jpq_jax.sweep.build import (_loader_cls, build_model_from_config, build_task, load_dataset,
-                                 pareto_metric_of)
+                                 pareto_metric_of, user_float_variables)
 from jpq_jax.sweep.config import _field_error, members_of, resolve_method
 from jpq_jax.sweep.distributed import _barrier, _host, _saveable, init_distributed
 from jpq_jax.sweep.executors import choose_strategy
@@ -186,8 +186,12 @@ class Sweep:
     # This run's own warmup/ is reused only without a warm-up checkpoint: with one (killed after
     # writing warmup/, before the search's first checkpoint) the warm-up resumes from it with
     # nothing left to train, which also restores its metadata (best epoch) for the results.
-    reuse = self.cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir) and step is None
-                                           else "")
+    user = self.cfg.warmup.get("user_checkpoint") or ""
+    if user and not os.path.exists(warm_dir):
+      # The user's own trained model is the warm-up: its variables, converted once (issue 18).
+      ckpt_lib.save_tree(warm_dir, user_float_variables(self.model, user))
+    reuse = self.cfg.warmup.checkpoint or (warm_dir if os.path.exists(warm_dir)
+                                           and (step is None or user) else "")
     if reuse:
       return ckpt_lib.load_tree(reuse, float_template(self))
     float_vars = stages.warmup(self, epoch, step, log)

@@ -181,6 +181,8 @@ def header_text(sw) -> str:
     phases = [("warm-up", cfg.warmup.epochs), ("QAT", cfg.search.epochs)]
   if cfg.warmup.get("checkpoint"):
     phases[0] = ("warm-up", f"from {cfg.warmup.checkpoint}")
+  elif cfg.warmup.get("user_checkpoint"):
+    phases[0] = ("warm-up", f"from your model's {cfg.warmup.user_checkpoint}")
   return "\n".join([
       f"jpq sweep: {cfg.get('name', 'sweep')}: method {sw.method}, model {cfg.model.name}, "
       f"dataset {cfg.data.name} ({sizes} train/val/test examples, {shape}, "

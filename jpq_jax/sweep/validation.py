@@ -115,6 +115,11 @@ def _check_schema(cfg) -> None:
   _check_schedules(cfg)
 
 
+def _builtin_models():
+  from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  return MODELS
+
+
 def _writable(directory: str) -> bool:
   """Whether this process can create files in ``directory`` (False on a read-only filesystem or
   without permission; a probe file, as ``os.access`` answers for root as if it could)."""
@@ -176,7 +181,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
   Raises:
     ConfigError: naming the offending field.
   """
-  from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+  from jpq_jax.models import model_factory  # pylint: disable=import-outside-toplevel
   _check_schema(cfg)
   if "method" in cfg:
     _validate_method(cfg)
@@ -211,8 +216,10 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
                        f"{costs}")
   task = build_task(cfg)
   _check_task_metrics(cfg, task)
-  if cfg.model.name not in MODELS:
-    raise _field_error("model.name", f"unknown model {cfg.model.name!r}; available: {sorted(MODELS)}")
+  try:
+    model_factory(cfg.model.name)  # built-in, jpq_jax.register_model or "pkg.module:Class"
+  except ValueError as e:
+    raise _field_error("model.name", str(e)) from None
   _space(resolve_method(cfg) if "method" in cfg else cfg)
   if cfg.train.get("remat", "none") not in T.REMAT_POLICIES:
     raise _field_error("train.remat", f"unknown policy {cfg.train.remat!r}; use one of "
@@ -263,6 +270,18 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     if any(os.path.exists(os.path.join(wc, f)) for f in ("config.json", "checkpoints")):
       raise _field_error("warmup.checkpoint", f"{wc!r} is a sweep work directory, not a warm-up "
                          f"checkpoint; use {os.path.join(wc, 'warmup')!r}")
+  uc = str(cfg.warmup.get("user_checkpoint") or "")
+  if uc:
+    if wc:
+      raise _field_error("warmup.user_checkpoint", "set either warmup.checkpoint (a jpq warm-up) "
+                         "or warmup.user_checkpoint (your own model's trained variables), not both")
+    if not os.path.isdir(uc):
+      raise _field_error("warmup.user_checkpoint", f"{uc!r} is not a directory (save your model's "
+                         "variables with jpq_jax.checkpoint.save_tree(path, variables))")
+    if ":" not in cfg.model.name and cfg.model.name in _builtin_models():
+      raise _field_error("warmup.user_checkpoint", "takes the variables of a plain Flax model "
+                         "(model.name = 'pkg.module:Class'), not of a built-in jpq model; use "
+                         "warmup.checkpoint for those")
   if int(cfg.search.epochs) < 1:
     raise _field_error("search.epochs", "the search needs at least one epoch")
   td = cfg.search.temperature_decay
