@@ -376,6 +376,27 @@ def test_workdir_of_a_run_that_trained_nothing_is_reusable(tmp_path):
     sweep.validate_config(H.tiny_config(), wd)
 
 
+def test_a_run_with_a_replaced_group_resumes_with_its_own_config(tmp_path):
+  """A config that replaces a whole group (a cosine schedule given as ``{"kind": "cosine"}``, as
+  the CPU protocol does, drops the default's ``gamma``) resumes and reads back its finished run;
+  a changed field of that group is still refused. (Before 2026-12-02 only the saved side had the
+  defaults filled in: the rerun of such a finished run was refused at ``gamma``.)"""
+  from jpq_jax import sweep  # pylint: disable=import-outside-toplevel
+  c = H.tiny_config()
+  c.finetune.schedule = {"kind": "cosine"}
+  wd = str(tmp_path / "w")
+  os.makedirs(os.path.join(wd, "checkpoints", "0"))
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump({"config": json.loads(c.to_json_best_effort())}, f)
+  again = H.tiny_config()
+  again.finetune.schedule = {"kind": "cosine"}
+  sweep.validate_config(again, wd)
+  other = H.tiny_config()
+  other.finetune.schedule = {"kind": "exp", "gamma": 0.5}
+  with pytest.raises(sweep.ConfigError, match="finetune.schedule"):
+    sweep.validate_config(other, wd)
+
+
 def test_resume_may_move_data_and_devices(tmp_path, capsys):
   """Launch details may change on resume (data mounted elsewhere, other devices or evaluation
   batch); what the run computes may not."""

@@ -335,8 +335,13 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
     if old is not None:
       # A field added to the config after the run started is its default there (the run computed
       # what the default computes): a run of an earlier jpq version resumes.
-      old = _fill_defaults(old, json.loads(base_config().to_json_best_effort()))
-      new = json.loads(cfg.to_json_best_effort())
+      # Both sides are filled: a config that replaced a whole group (e.g. ``finetune.schedule =
+      # {"kind": "cosine"}``, which drops the default's ``gamma``) lacks those keys on this side
+      # too, and an absent key means its default on either side (before 2026-12-02 only the saved
+      # side was filled, so such a run could not be resumed or read back with its own config).
+      defaults = json.loads(base_config().to_json_best_effort())
+      old = _fill_defaults(old, defaults)
+      new = _fill_defaults(json.loads(cfg.to_json_best_effort()), defaults)
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
       # differs between the processes of one run); the strategy, the data axis of the mesh, the
       # evaluation batch, rematerialisation, the XLA options and the form of the activation
