@@ -7,8 +7,9 @@ One command per benchmark (configs in ``experiments/configs/``)::
   python experiments/run_benchmark.py gsc_dscnn --data-dir /data/speech_commands
   python experiments/run_benchmark.py tinyimagenet_resnet18 --data-dir /data/tiny-imagenet-200.zip
 
-  # Reduced protocol for a 2-core CPU (CIFAR-10 only, about 50 minutes on 2 cores, +20 with
-  # --runs joint_mpic,joint_ne16; see CPU_PROTOCOL and experiments/results/cifar10_cpu):
+  # Reduced protocol for a 2-core CPU (CIFAR-10 only; measured on seed 14: float warm-up 35 min,
+  # joint 24 min, each fixed run 9-10 min; PIT -> MixPrec not yet timed under it; see
+  # CPU_PROTOCOL and experiments/results/cifar10_cpu):
   python experiments/run_benchmark.py cifar10_resnet8 --protocol cpu \\
       --data-dir ../shared/data/cifar10-jpeg.zip --workdir experiments/results/cifar10_cpu
 
