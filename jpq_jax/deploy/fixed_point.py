@@ -154,7 +154,7 @@ def run_integer(bundle, x: np.ndarray, activations: Optional[Dict[str, Any]] = N
     exact), or a bundle without the fixed-point plan.
   """
   # pylint: disable=import-outside-toplevel,protected-access
-  from jpq_jax import export as ex
+  from jpq_jax import bundle_run as ex
   m, a = bundle.manifest, bundle.arrays
   if m.get("requant") != "fixed_point":
     raise ex.BundleError("run_integer needs a bundle exported with requant='fixed_point'")

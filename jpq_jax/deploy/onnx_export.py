@@ -51,7 +51,8 @@ import ml_dtypes
 import numpy as np
 
 from jpq_jax import ops as ops_lib
-from jpq_jax.export import Bundle, BundleError, _layer_weights
+from jpq_jax.bundle import Bundle, BundleError
+from jpq_jax.bundle_run import _layer_weights
 
 __all__ = ["FLAVORS", "QONNX_DOMAIN", "capabilities", "to_onnx", "weight_payload_bytes", "run_onnx",
            "run_qonnx", "require"]
