@@ -246,22 +246,6 @@ def _check_batchnorm(mod: nn.BatchNorm, where: str) -> None:
                           "supported (jpq's BatchNorm starts at scale 1, bias 0)")
 
 
-def _avg_pool_window(eqn):
-  """(window, strides, padding) of a spatial ``reduce_window_sum`` (``nn.avg_pool``'s sum), or
-  None for any other equation (a window over the batch or channel axis, dilations)."""
-  if eqn.primitive.name != "reduce_window_sum":
-    return None
-  p = eqn.params
-  wd, ws, pad = tuple(p["window_dimensions"]), tuple(p["window_strides"]), tuple(p["padding"])
-  if len(wd) != 4 or wd[0] != 1 or wd[3] != 1 or ws[0] != 1 or ws[3] != 1:
-    return None
-  if tuple(pad[0]) != (0, 0) or tuple(pad[3]) != (0, 0):
-    return None
-  if any(d != 1 for d in tuple(p.get("base_dilation", ())) + tuple(p.get("window_dilation", ()))):
-    return None
-  return (wd[1], wd[2]), (ws[1], ws[2]), (tuple(pad[1]), tuple(pad[2]))
-
-
 class Searchable(nn.Module):
   """A user's plain Flax model, converted: ``model(x, ctx) -> QTensor`` in every jpq mode.
 
@@ -316,7 +300,6 @@ class Searchable(nn.Module):
       groups[root] = Group(ch, sp, output=root == plan.out_group,
                            name="g_" + calls[members[0]].name)
     env: Dict[Any, Any] = {}
-    pooled: Dict[Any, int] = {}  # output of an avg-pool window sum -> its window size
 
     def read(v):
       return v.val if isinstance(v, jcore.Literal) else env[v]
@@ -349,6 +332,9 @@ class Searchable(nn.Module):
       if k in plan.pools:
         env[eqn.outvars[0]] = q.map(ops.global_avg_pool).flatten()
         continue
+      if k in plan.window_pools:  # nn.avg_pool: jpq's named op, which the export knows
+        env[eqn.outvars[0]] = q.map(ops.avg_pool(*plan.window_pools[k]))
+        continue
       if eqn.primitive.name == "reshape" and len(eqn.outvars[0].aval.shape) == 2:
         env[eqn.outvars[0]] = q.flatten()
         continue
@@ -356,18 +342,6 @@ class Searchable(nn.Module):
         pos = next(j for j, a in enumerate(ins) if a is q)
         if is_relu(eqn, eqn.invars[pos]):
           env[eqn.outvars[0]] = q.map(ops.relu)
-          continue
-        pool = _avg_pool_window(eqn) if pos == 0 else None
-        if pool is not None:
-          # ``nn.avg_pool``: a spatial window sum, then its division by the window size. Both
-          # become jpq's named ``ops.avg_pool`` (the export and its runtimes know it; an unnamed
-          # function would stop the export at this layer).
-          env[eqn.outvars[0]] = q.map(ops.avg_pool(*pool))
-          pooled[eqn.outvars[0]] = pool[0][0] * pool[0][1]
-          continue
-        if (eqn.primitive.name == "div" and pos == 0 and eqn.invars[0] in pooled
-            and np.size(ins[1]) == 1 and float(np.asarray(ins[1])) == pooled[eqn.invars[0]]):
-          env[eqn.outvars[0]] = q
           continue
 
         def fn(v, eqn=eqn, ins=ins, pos=pos):

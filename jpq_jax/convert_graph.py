@@ -17,7 +17,7 @@ Equations are referred to by their index in ``jaxpr.eqns`` (the plan is made for
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 from jax.extend import core as jcore
@@ -85,6 +85,8 @@ class Plan:
     skip: equation indices that are the identity in the converted model (fused ReLU, folded
       BatchNorm, the division of a global average pool).
     pools: equation index of a spatial ``reduce_sum`` -> that of its division (global avg pool).
+    window_pools: equation index of a spatial ``reduce_window_sum`` divided by its window size
+      (``nn.avg_pool``) -> (window, strides, padding) of :func:`jpq_jax.ops.avg_pool`.
     adds: equation index of a residual add -> group root.
     out_group: root of the classifier's group.
     groups: root -> ``(channels, [layer call indices])`` in first-use order.
@@ -94,6 +96,7 @@ class Plan:
   relu_after: Set[Any]
   skip: Set[int]
   pools: Dict[int, int]
+  window_pools: Dict[int, Any]
   adds: Dict[int, int]
   out_group: int
   groups: Dict[int, Tuple[int, List[int]]]
@@ -228,6 +231,22 @@ def _walk_inner(jaxpr, env: Dict[Any, Act], where: str, uf: _UnionFind) -> Dict[
   return env
 
 
+def _avg_pool_window(eqn):
+  """(window, strides, padding) of a spatial ``reduce_window_sum`` (``nn.avg_pool``'s sum), or
+  None for any other equation (a window over the batch or channel axis, dilations)."""
+  if eqn.primitive.name != "reduce_window_sum":
+    return None
+  p = eqn.params
+  wd, ws, pad = tuple(p["window_dimensions"]), tuple(p["window_strides"]), tuple(p["padding"])
+  if len(wd) != 4 or wd[0] != 1 or wd[3] != 1 or ws[0] != 1 or ws[3] != 1:
+    return None
+  if tuple(pad[0]) != (0, 0) or tuple(pad[3]) != (0, 0):
+    return None
+  if any(d != 1 for d in tuple(p.get("base_dilation", ())) + tuple(p.get("window_dilation", ()))):
+    return None
+  return (wd[1], wd[2]), (ws[1], ws[2]), (tuple(pad[1]), tuple(pad[2]))
+
+
 def analyse(jaxpr, calls: Sequence[Any], model_name: str) -> Plan:
   """The :class:`Plan` of a user model's jaxpr (see the module docstring).
 
@@ -266,6 +285,7 @@ def analyse(jaxpr, calls: Sequence[Any], model_name: str) -> Plan:
   adds: Dict[int, int] = {}
   skip: Set[int] = set()
   pools: Dict[int, int] = {}
+  window_pools: Dict[int, Any] = {}
   node_of_layer: Dict[int, int] = {}
   for k, eqn in enumerate(jaxpr.eqns):
     acts = [(i, env[v]) for i, v in enumerate(eqn.invars)
@@ -347,6 +367,16 @@ def analyse(jaxpr, calls: Sequence[Any], model_name: str) -> Plan:
             and float(np.asarray(d.invars[1].val)) == shape[1] * shape[2]):
           pools[k] = us[0]
           skip.add(us[0])
+    window = _avg_pool_window(eqn)
+    if window is not None:  # ``nn.avg_pool``: the window sum, then its division by the window size
+      us = uses.get(eqn.outvars[0], [])
+      if len(us) == 1 and us[0] >= 0:
+        d = jaxpr.eqns[us[0]]
+        if (d.primitive.name == "div" and d.invars[0] is eqn.outvars[0]
+            and isinstance(d.invars[1], jcore.Literal)
+            and float(np.asarray(d.invars[1].val)) == window[0][0] * window[0][1]):
+          window_pools[k] = window
+          skip.add(us[0])
 
   # A ReLU that is the only consumer of a quantizer's output is applied by the layer/Add.
   relu_after: Set[Any] = set()
@@ -375,4 +405,5 @@ def analyse(jaxpr, calls: Sequence[Any], model_name: str) -> Plan:
     groups.setdefault(root, (ch, []))[1].append(i)
   adds = {k: uf.find(g) for k, g in adds.items()}
   return Plan(layer_group=layer_group, bn_of=bn_of, relu_after=relu_after, skip=skip, pools=pools,
+              window_pools=window_pools,
               adds=adds, out_group=out_group, groups=groups)
