@@ -53,7 +53,13 @@ FULL_RUNS = ("joint", "mixprec", "layerwise", "w8a8", "w4a8", "w2a8", "pit", "pi
              "joint_mpic", "joint_ne16")
 # Runs of jpq's named improvements, not in any protocol by default (``--runs`` adds them):
 # ``joint_keepalive`` is ``joint`` with ``model.keep_alive=1`` (no group can be pruned away).
-OPTIONAL_RUNS = ("joint_keepalive",)
+OPTIONAL_RUNS = ("joint_keepalive", "joint_small")
+# ``joint_small`` is a second sweep of ``joint`` (same config) with the protocol's
+# ``small_lambdas``: the small-size end of the front. A member's trajectory depends on its lambda
+# and seed only (jpq_jax.sweep.states.initial_states), so the two sweeps' members together are
+# the members of one sweep over every lambda, and the size report reads them as one "joint" front
+# (:func:`jpq_jax.compare.merge_runs` checks that the two configs differ in the lambdas only).
+MERGED_INTO = {"joint_small": "joint"}
 
 # First reduced CPU protocol (2026-11-29, kept as --protocol cpu_v1 for the ablations; ~50 min): joint vs fixed w8a8 / w4a8 /
 # w2a8 vs sequential PIT -> MixPrec. A seeded 10,000-image subset of the 40,000 training images,
@@ -155,6 +161,15 @@ CPU_V5_PROTOCOL = dict(
 # The reduced CPU protocol (``--protocol cpu``) is the fifth version since 2026-12-02 (the one that
 # shows the paper's ordering, experiments/results/cifar10_cpu/README.md); ``cpu_v5`` names the
 # same settings (the records of the runs that chose it).
+# Sixth version (2026-12-07): v5 with the lambda grid extended to the small-size end (the fixed
+# w2a8 baseline is at 19.34 kB, v5's smallest member at 31 kB) by a second joint sweep,
+# ``joint_small`` (1.6e-5, 3.2e-5; keep-alive keeps every group alive at these strengths).
+# Everything else is v5's: the four v5 members are the same runs (same seeds, same warm-up).
+CPU_V6_PROTOCOL = dict(
+    CPU_V5_PROTOCOL,
+    runs=("joint", "joint_small", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
+    small_lambdas=(1.6e-5, 3.2e-5),
+)
 CPU_PROTOCOL = CPU_V5_PROTOCOL
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
@@ -206,7 +221,7 @@ def _all8_costs(cfg) -> Dict[str, float]:
 
 PROTOCOLS = {"cpu": CPU_PROTOCOL, "cpu_v1": CPU_V1_PROTOCOL, "cpu_v2": CPU_V2_PROTOCOL,
              "cpu_v3": CPU_V3_PROTOCOL,
-             "cpu_v4": CPU_V4_PROTOCOL, "cpu_v5": CPU_V5_PROTOCOL,
+             "cpu_v4": CPU_V4_PROTOCOL, "cpu_v5": CPU_V5_PROTOCOL, "cpu_v6": CPU_V6_PROTOCOL,
              "smoke": SMOKE_PROTOCOL}
 
 
@@ -300,6 +315,13 @@ def run_configs(bench: str, protocol: str, data_dir: str,
     elif r == "joint_keepalive":
       c.method = "joint"
       c.model.keep_alive = 1
+    elif r == "joint_small":
+      c.method = "joint"
+      small = (prot or {}).get("small_lambdas")
+      if not small:
+        raise ValueError(f"run 'joint_small' needs a protocol with small_lambdas (cpu_v6), not "
+                         f"{protocol!r}")
+      c.sweep.lambdas = tuple(float(l) for l in small)
     elif r.startswith("joint_"):
       cost = r[len("joint_"):]
       c.method = "joint"
@@ -339,6 +361,54 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   return cfgs
 
 
+def _load(compare, name, path, cost, borrowed_from=""):
+  run = compare.load_run(path, cost=cost)
+  run.name = name if not borrowed_from else f"{name} ({os.path.basename(borrowed_from)})"
+  return run
+
+
+def write_reports(wd: str, finished, borrowed: Dict[str, str]) -> None:
+  """``<wd>/compare_<cost>`` over every finished run of ``wd`` and the borrowed ones.
+
+  Reports over every finished run of the work directory, not only this invocation's: a later
+  ``--runs joint_mpic,joint_ne16`` adds the hardware fronts to the same comparison. Other finished
+  sweeps placed in the work directory (e.g. a calibration run kept for the record) are included
+  after the protocol's runs. A ``joint_small`` sweep joins the ``joint`` front
+  (:data:`MERGED_INTO`, :func:`jpq_jax.compare.merge_runs`), wherever each was read from.
+
+  Args:
+    wd: the work directory.
+    finished: names of its finished runs.
+    borrowed: ``{name: path}`` of finished runs of other work directories (named after their
+      directory in the reports).
+  """
+  from jpq_jax import compare  # pylint: disable=import-outside-toplevel
+  paths = {r: os.path.join(wd, r) for r in finished}
+  paths.update({r: p for r, p in borrowed.items() if r not in paths})
+  done = [r for r in FULL_RUNS if r in paths] + sorted(set(paths) - set(FULL_RUNS))
+  plain = [r for r in done if not r.startswith("joint_") or r in OPTIONAL_RUNS]
+  reports = {"size": ["joint"] + [r for r in done if r != "joint"]} if "joint" in done else \
+      {"size": list(done)}
+  if "joint_mpic" in done and "joint_ne16" in done:
+    reports["mpic"] = ["joint_mpic", "joint_ne16"] + plain
+    reports["ne16"] = ["joint_ne16", "joint_mpic"] + plain
+  for cost, names in reports.items():
+    runs = {}
+    for r in names:
+      runs[r] = _load(compare, r, paths[r], cost,
+                      os.path.dirname(paths[r]) if r in borrowed and r not in finished else "")
+    for part, whole in MERGED_INTO.items():
+      if part in runs and whole in runs:
+        merged = compare.merge_runs([runs[whole], runs[part]], name=whole)
+        runs[whole] = merged
+        del runs[part]
+    if len(runs) < 2:
+      print(f"(compare_{cost}: only {list(runs)} finished; nothing to compare yet)")
+      continue
+    compare.write_comparison(list(runs.values()), os.path.join(wd, f"compare_{cost}"))
+    print(open(os.path.join(wd, f"compare_{cost}", "compare.md")).read())
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("bench", help="config name in experiments/configs (e.g. cifar10_resnet8)")
@@ -363,8 +433,9 @@ def main(argv=None) -> int:
                   help="config override applied to every run after the protocol (ablations), "
                        "e.g. --set search.final_temperature=0; repeatable")
   ap.add_argument("--compare-with", default="",
-                  help="another work directory whose finished runs (not in this one) join the "
-                       "comparison, e.g. the fixed baselines of the protocol a variant changes")
+                  help="other work directories (comma-separated; the first holding a run wins) "
+                       "whose finished runs (not in this one) join the comparison, e.g. the "
+                       "fixed baselines of the protocol a variant changes")
   ap.add_argument("--warmup-from", default="",
                   help="reuse the float warm-up of another work directory's joint run "
                        "(<dir>/joint/warmup) instead of training one (ablations of the search)")
@@ -380,9 +451,14 @@ def main(argv=None) -> int:
   except ValueError as e:
     ap.error(str(e))
   if keep:
-    cfgs = {k: v for k, v in cfgs.items() if k in keep or k == "joint"}
-  order = ["joint"] + [k for k in cfgs if k != "joint"]
-  order_key = lambda r: FULL_RUNS.index(r) if r in FULL_RUNS else len(FULL_RUNS)
+    cfgs = {k: v for k, v in cfgs.items() if k in keep}
+  order = (["joint"] if "joint" in cfgs else []) + [k for k in cfgs if k != "joint"]
+  # The shared float warm-up (METHOD.md §7.2): --warmup-from's, else the joint run's, else that
+  # of a run of this work directory that has one (a run added later), else trained by the first
+  # run of this invocation and read by the others.
+  has_warmup = [r for r in ("joint",) + OPTIONAL_RUNS + FULL_RUNS
+                if os.path.isdir(os.path.join(wd, r, "warmup"))]
+  owner = "joint" if "joint" in cfgs else (has_warmup[0] if has_warmup else order[0])
   wall = {}
   t_start = time.time()
   for r in order:
@@ -392,8 +468,8 @@ def main(argv=None) -> int:
       if not os.path.isdir(src):
         ap.error(f"--warmup-from: {src} does not exist (a finished warm-up of a joint run)")
       c.warmup.checkpoint = src
-    elif r != "joint":  # every method starts from the same float warm-up (METHOD.md §7.2)
-      c.warmup.checkpoint = os.path.abspath(os.path.join(wd, "joint", "warmup"))
+    elif r != owner:
+      c.warmup.checkpoint = os.path.abspath(os.path.join(wd, owner, "warmup"))
     t0 = time.time()
     print(f"== {r}: method={c.method} lambdas={tuple(c.sweep.lambdas)}", flush=True)
     try:
@@ -408,33 +484,19 @@ def main(argv=None) -> int:
   # Other finished sweeps placed in the work directory (e.g. a calibration run kept for the
   # record) are included after the protocol's runs.
   finished = {d for d in os.listdir(wd) if os.path.exists(os.path.join(wd, d, "results.json"))}
-  done = [r for r in FULL_RUNS if r in finished] + sorted(finished - set(FULL_RUNS))
-  plain = [r for r in done if not r.startswith("joint_") or r in OPTIONAL_RUNS]
-  reports = {"size": ["joint"] + [r for r in done if r != "joint"]}
-  if "joint_mpic" in done and "joint_ne16" in done:
-    reports["mpic"] = ["joint_mpic", "joint_ne16"] + plain
-    reports["ne16"] = ["joint_ne16", "joint_mpic"] + plain
   # Finished runs of another work directory (--compare-with) join the reports under their own
   # names: e.g. a protocol variant that changes only the searching runs, compared with the fixed
   # baselines of the protocol it varies (their configs are the same).
   borrowed = {}
-  if args.compare_with:
-    other = os.path.abspath(args.compare_with)
+  for other in [o for o in args.compare_with.split(",") if o]:
+    other = os.path.abspath(other)
+    if not os.path.isdir(other):
+      ap.error(f"--compare-with: {other} is not a directory")
     for d in sorted(os.listdir(other)):
-      if d not in finished and os.path.exists(os.path.join(other, d, "results.json")):
+      if d not in finished and d not in borrowed and os.path.exists(
+          os.path.join(other, d, "results.json")):
         borrowed[d] = os.path.join(other, d)
-  reports["size"] += list(borrowed)
-  for cost, names in reports.items():
-    if len(names) < 2:
-      print(f"(compare_{cost}: only {names} finished; nothing to compare yet)")
-      continue
-    runs = []
-    for r in names:
-      run = compare.load_run(borrowed.get(r, os.path.join(wd, r)), cost=cost)
-      run.name = r if r not in borrowed else f"{r} ({os.path.basename(other)})"
-      runs.append(run)
-    compare.write_comparison(runs, os.path.join(wd, f"compare_{cost}"))
-    print(open(os.path.join(wd, f"compare_{cost}", "compare.md")).read())
+  write_reports(wd, finished, borrowed)
   # One record per invocation, appended: a rerun that only adds runs (or resumes) keeps the wall
   # times of the earlier invocations.
   path = os.path.join(wd, "benchmark.json")

@@ -39,7 +39,7 @@ import numpy as np
 from jpq_jax.pareto import (default_cost, default_metric, display_scale, is_healthy, metric_info,
                             metric_label)
 
-__all__ = ["Run", "load_run", "pareto_front", "cost_at_accuracy", "iso_accuracy",
+__all__ = ["Run", "load_run", "merge_runs", "pareto_front", "cost_at_accuracy", "iso_accuracy",
            "compare_runs", "write_comparison"]
 
 
@@ -83,6 +83,7 @@ class Run:
     self.train_time_s, self.times = train_time_s, times
     self.method, self.not_applicable = method, not_applicable
     self.task = task  # {"dataset", "model"} as recorded in results.json (None: unknown)
+    self.merged_from = None  # the sweeps' work directories when made by merge_runs
 
   @property
   def front(self) -> List[Dict[str, Any]]:
@@ -157,6 +158,95 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: Optional[str] = N
              select_higher_is_better=metric_info(res, select)["higher_is_better"],
              label=metric_label(res, metric), percent=info["percent"],
              select_label=metric_label(res, select, unit=False), metric_name=info["label"])
+
+
+# Config fields that may differ between sweeps merged into one front: the display name, the
+# lambdas (what the sweeps split between them) and where the float warm-up was read from.
+_MERGE_FREE = ("name", "sweep.lambdas", "warmup.checkpoint")
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = json.dumps(v, sort_keys=True)
+  return out
+
+
+def _sweep_config(workdir: str) -> Optional[Dict[str, Any]]:
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    return None
+  with open(path) as f:
+    rec = json.load(f)
+  return rec.get("config", rec)
+
+
+def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
+  """One front from several sweeps of one method that differ in their lambdas only.
+
+  A member's trajectory depends on its lambda and seed only (not on which sweep trains it), so
+  sweeps of the same config over different lambdas are together one sweep over every lambda: a
+  front extended later at its small-size end is read as one. The sweeps' ``config.json`` must
+  agree on every field both record except the name, ``sweep.lambdas`` and
+  ``warmup.checkpoint`` (the same warm-up trained again or read from elsewhere; that it is the
+  same is the caller's claim, e.g. a reproduced warm-up).
+
+  Args:
+    runs: the sweeps, each loaded with :func:`load_run` on the same cost and metric.
+    name: the merged run's display name (default: the first run's).
+
+  Returns:
+    A :class:`Run` whose points are every run's (each point's ``run`` names its sweep), whose
+    training time and per-phase times are the sums, and whose failed members add up.
+
+  Raises:
+    ValueError: fewer than one run, different cost/metric/method/task, configs that differ in
+      another field (named), or a lambda trained by two of the sweeps.
+  """
+  runs = list(runs)
+  if not runs:
+    raise ValueError("merge_runs: no run given")
+  first = runs[0]
+  for r in runs[1:]:
+    for attr in ("cost", "metric", "select", "method", "task"):
+      if getattr(r, attr) != getattr(first, attr):
+        raise ValueError(f"cannot merge {r.name!r} into {first.name!r}: {attr} differs "
+                         f"({getattr(r, attr)!r} vs {getattr(first, attr)!r})")
+    ca, cb = _sweep_config(first.workdir), _sweep_config(r.workdir)
+    if ca is not None and cb is not None:
+      fa, fb = _flat(ca), _flat(cb)
+      diff = sorted(k for k in set(fa) & set(fb) if fa[k] != fb[k]
+                    and not any(k == f or k.startswith(f + ".") for f in _MERGE_FREE))
+      if diff:
+        raise ValueError(f"cannot merge {r.workdir!r} into {first.workdir!r}: their configs "
+                         f"differ in {', '.join(diff)} (only the lambdas may differ)")
+  seen = {}
+  points = []
+  for r in runs:
+    for p in r.points:
+      lam = p.get("lambda")
+      if lam is not None and lam in seen and seen[lam] != r.name:
+        raise ValueError(f"cannot merge: lambda {lam} is trained by {seen[lam]!r} and {r.name!r}")
+      seen[lam] = r.name
+      points.append(dict(p, run=r.name))
+  times: Dict[str, float] = {}
+  for r in runs:
+    for k, v in (r.times or {}).items():
+      if v:
+        times[k] = times.get(k, 0.0) + float(v)
+  merged = Run(name or first.name, first.workdir, points, sum(r.failed for r in runs),
+               first.cost, first.unit, first.metric, sum(r.train_time_s for r in runs), times,
+               method=first.method, not_applicable=sum(r.not_applicable for r in runs),
+               task=first.task, select=first.select, higher_is_better=first.higher_is_better,
+               select_higher_is_better=first.select_higher_is_better, label=first.label,
+               percent=first.percent, select_label=first.select_label,
+               metric_name=first.metric_name)
+  merged.merged_from = [r.workdir for r in runs]
+  return merged
 
 
 def pareto_front(points: Sequence[Dict[str, Any]], key: str = "accuracy",
@@ -278,7 +368,8 @@ def compare_runs(runs: Sequence[Run], reference: Optional[str] = None) -> Dict[s
                 "task": r.task,
                 "n_points": len(r.points), "failed": r.failed,
                 "not_applicable": r.not_applicable, "train_time_s": r.train_time_s,
-                "times_s": r.times}
+                "times_s": r.times,
+                **({"merged_from": r.merged_from} if r.merged_from else {})}
                for r in runs],
       "comparisons": [iso_accuracy(ref, r) for r in runs if r is not ref],
   }
