@@ -134,6 +134,10 @@ def validate_split(split: Split, num_classes: int, input_shape: Optional[Sequenc
   Raises:
     DataError: empty split, wrong rank/shape/dtype, length mismatch or labels out of range.
   """
+  if not isinstance(split, Split) and hasattr(split, "check"):
+    # A streamed split (jpq_jax.data.sources): checked without reading it all.
+    split.check(num_classes, input_shape, where)
+    return
   x, y = split.x, split.y
   if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
     raise DataError(f"{where}: x and y must be numpy arrays, got {type(x).__name__}, "
