@@ -9,11 +9,13 @@ from jpq_jax.data.core import DataError, Dataset, Split, subset
 from jpq_jax.data.digits import load_digits
 from jpq_jax.data.images import read_image_folder
 from jpq_jax.data.speech import load_speech_commands
+from jpq_jax.data.tfds_stream import load_tfds
 from jpq_jax.data.tiny_imagenet import load_tiny_imagenet
 
 __all__ = ["load", "load_folder", "DATASETS"]
 
-DATASETS = ("demo", "digits", "cifar10", "speech_commands", "tiny_imagenet", "folder:<path>")
+DATASETS = ("demo", "digits", "cifar10", "speech_commands", "tiny_imagenet", "folder:<path>",
+            "tfds:<builder>[/<config>]")
 
 _VAL_NAMES = ("val", "validation", "valid")
 
@@ -89,6 +91,12 @@ def load(name: str, *, data_dir: Optional[str] = None, seed: int = 14, **options
   * ``'folder:<path>'``: an image folder or zip ``<split>/<class>/<image>`` (see
     :func:`load_folder`; options ``val_fraction``, ``test_fraction``, ``image_size``,
     ``grayscale``, ``augment``).
+  * ``'tfds:<builder>[/<config>]'``: any TFDS dataset prepared in the array_record format in
+    ``data_dir`` (e.g. ``tfds:mnist``, ``tfds:cifar100``, ``tfds:imagenet2012``), *streamed*: the
+    splits are read a batch at a time by the grain loader, never whole (see
+    :func:`jpq_jax.data.tfds_stream.load_tfds`; options ``image_key``, ``label_key``,
+    ``image_size``, ``mean``, ``std``, ``train_split``, ``val_split``, ``test_split``,
+    ``val_fraction``, ``augment``).
 
   Options accepted by every dataset: ``train_size``, ``val_size``, ``test_size`` (keep a seeded
   random subset of that many examples, for reduced protocols); image and feature sources also take
@@ -122,6 +130,11 @@ def load(name: str, *, data_dir: Optional[str] = None, seed: int = 14, **options
       ds = load_tiny_imagenet(data_dir, seed, **options)
     elif key.startswith("folder:"):
       ds = load_folder(name[len("folder:"):], seed, **options)
+    elif key.startswith("tfds:"):
+      if not name[len("tfds:"):]:
+        raise ValueError("dataset 'tfds:' names no builder; use tfds:<builder>[/<config>], "
+                         "e.g. tfds:cifar100")
+      ds = load_tfds(name[len("tfds:"):], data_dir, seed, **options)
     else:
       raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
   except TypeError as e:

@@ -86,10 +86,19 @@ def load_dataset(cfg):
         f"data.data_dir=PATH`)") from None
 
 
-def _loader_cls():
-  """:class:`jpq_jax.data.Loader`, imported when first needed (see :func:`load_dataset`)."""
-  from jpq_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  return data_lib.Loader
+def _loader_cls(cfg=None):
+  """The loader factory of a config: ``fn(split, batch_size, **loader_kwargs) -> loader``.
+
+  :func:`jpq_jax.data.make_loader` with ``data.loader``, ``data.workers`` and
+  ``data.worker_type`` (their defaults without a config); imported when first needed (see
+  :func:`load_dataset`).
+  """
+  import functools  # pylint: disable=import-outside-toplevel
+  from jpq_jax.data import grain_loader  # pylint: disable=import-outside-toplevel
+  d = cfg["data"] if cfg is not None else {}
+  return functools.partial(grain_loader.make_loader, kind=str(d.get("loader", "auto")),
+                           workers=int(d.get("workers", 0)),
+                           worker_type=str(d.get("worker_type", "threads")))
 
 
 def run_config(workdir: str) -> Dict[str, Any]:

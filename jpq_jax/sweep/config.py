@@ -15,6 +15,10 @@ from typing import Any, Dict, List
 import ml_collections
 
 STRATEGIES = ("auto", "measure", "loop", "vmap", "sharded")
+# data.loader (jpq_jax.data.make_loader) and data.worker_type (jpq_jax.data.GrainLoader); kept here,
+# without importing the data package, so that the config needs neither grain nor numpy.
+DATA_LOADERS = ("auto", "numpy", "grain")
+DATA_WORKER_TYPES = ("threads", "processes")
 # The joint method and the paper's baselines (METHOD.md §7, §10), selected by ``config.method``.
 METHODS = ("joint", "mixprec", "layerwise", "fixed", "pit", "pit_mixprec")
 # Groups whose keys are free-form (a dataset's / a user model's keyword options): not checked against the schema,
@@ -58,8 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
       ``search`` (``epochs``, ``optimizer``, ``arch_optimizer`` of ``alpha_pit``, ``schedule``) and
       ``finetune`` (``epochs``, ``optimizer``, ``schedule``) of the exported float network.
     seed: run seed (data order, model init).
-    data: ``name`` (``demo``, ``cifar10``, ``gsc``, ``tinyimagenet``), ``data_dir``, ``options``
-      (passed to :func:`jpq_jax.data.load`).
+    data: ``name`` (``demo``, ``cifar10``, ``gsc``, ``tiny_imagenet``, ``folder:<path>``, or any
+      TFDS dataset prepared as array_record, ``tfds:<builder>[/<config>]``, streamed), ``data_dir``,
+      ``options`` (passed to :func:`jpq_jax.data.load`), ``loader`` (``auto``: today's numpy
+      loader for in-memory splits, the grain loader for streamed ones and for a user
+      augmentation callable; ``numpy``; ``grain``; both give the same batches bit for bit, see
+      :func:`jpq_jax.data.make_loader`), ``workers`` (the grain loader's parallel batches, 0 = a
+      background thread) and ``worker_type`` (``threads`` or ``processes``).
     model: ``name`` (built-in, a :func:`jpq_jax.register_model` name, or an import path
       ``"pkg.module:Class"`` of a plain Flax model, converted with :func:`jpq_jax.searchable`),
       ``kwargs`` (the user model's keyword arguments) and the :class:`~jpq_jax.SearchSpace` fields.
@@ -124,7 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "joint"
   c.fixed_bits = (8, 8)
   c.seed = 14
-  c.data = ml_collections.ConfigDict(dict(name="cifar10", data_dir="", options={}))
+  c.data = ml_collections.ConfigDict(dict(name="cifar10", data_dir="", options={}, loader="auto",
+                                          workers=0, worker_type="threads"))
   c.data.options = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
       name="resnet8", w_precisions=(0, 2, 4, 8), a_precisions=(8,), input_precisions=(),

@@ -83,7 +83,7 @@ class Sweep:
     if self.dataset is None:
       self.dataset = load_dataset(cfg)
     ds = self.dataset
-    self.loader_cls = _loader_cls()
+    self.loader_cls = _loader_cls(cfg)
     self.model, self.table, self.sample = build_model_from_config(cfg, ds.num_classes,
                                                                   ds.input_shape)
     self.report_costs = reported_costs(cfg, self.table)

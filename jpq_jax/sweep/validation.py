@@ -22,7 +22,8 @@ import ml_collections
 from jpq_jax import train as T
 from jpq_jax.compiler import SETTINGS as COMPILER_SETTINGS
 from jpq_jax.sweep.build import _space, build_task, monitor_of
-from jpq_jax.sweep.config import (FREE_FORM_GROUPS, KILL_WHEN, METHODS, SCHEDULE_FIELDS,
+from jpq_jax.sweep.config import (DATA_LOADERS, DATA_WORKER_TYPES, FREE_FORM_GROUPS, KILL_WHEN,
+                                  METHODS, SCHEDULE_FIELDS,
                                   SCHEDULE_GROUPS, STOP_SIGNALS, STRATEGIES, _field_error,
                                   base_config, resolve_method)
 
@@ -56,6 +57,23 @@ def _check_schedules(cfg) -> None:
     if kind == "multistep" and len(node["milestones"]) != len(node["factors"]):
       raise _field_error(f"{path}.factors", f"{len(node['factors'])} factors for "
                          f"{len(node['milestones'])} milestones (one factor per milestone)")
+
+
+def _check_data(cfg) -> None:
+  """``data.loader``, ``data.workers`` and ``data.worker_type``.
+
+  Raises:
+    ConfigError: naming the field and what it accepts.
+  """
+  d = cfg.data
+  if d.get("loader", "auto") not in DATA_LOADERS:
+    raise _field_error("data.loader", f"unknown loader {d.loader!r}; use one of {DATA_LOADERS}")
+  workers = d.get("workers", 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise _field_error("data.workers", f"must be an integer >= 0 (0: no worker), got {workers!r}")
+  if d.get("worker_type", "threads") not in DATA_WORKER_TYPES:
+    raise _field_error("data.worker_type", f"unknown worker type {d.worker_type!r}; use one of "
+                       f"{DATA_WORKER_TYPES}")
 
 
 def _check_task_metrics(cfg, task) -> None:
@@ -201,6 +219,7 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
                        f"{COMPILER_SETTINGS}")
   if s.strategy not in STRATEGIES:
     raise _field_error("sweep.strategy", f"unknown strategy {s.strategy!r}; use one of {STRATEGIES}")
+  _check_data(cfg)
   chunk = s.get("member_chunk", 0)
   if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
     raise _field_error("sweep.member_chunk", f"a number of members >= 0 (0: all at once), got "
@@ -346,7 +365,8 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       # differs between the processes of one run); the strategy, the data axis of the mesh, the
       # evaluation batch, rematerialisation, the XLA options and the form of the activation
       # mixture change only float32 rounding, and a preempted run may resume on other devices
-      # (its member padding is rebuilt) with its data mounted elsewhere.
+      # (its member padding is rebuilt) with its data mounted elsewhere. Both loaders give the same
+      # batches (data.loader, data.workers, data.worker_type change only the speed).
       diff = _first_diff(_canonical(old), _canonical(new), ignore=RESUME_MAY_CHANGE)
       if diff is not None:
         was, now = _at(old, diff), _at(new, diff)
@@ -365,7 +385,7 @@ RESUME_MAY_CHANGE = ("sweep.strategy", "sweep.data_devices", "sweep.xla_options"
                      "sweep.member_chunk", "model.activation_mixture", "sweep.async_checkpoint",
                      "sweep.checkpoint_keep", "sweep.pareto_metric",
                      "train.eval_batch_size", "train.remat", "data.data_dir", "debug",
-                     "distributed")
+                     "distributed", "data.loader", "data.workers", "data.worker_type")
 
 
 def _holds_work(workdir: str) -> bool:
