@@ -336,3 +336,63 @@ def test_user_dataset_from_grain_and_a_batch_stream():
   with pytest.raises(data.DataError, match="expected the global batch of 16"):
     list(data.make_loader(bad, 16, seed=0, shuffle=True, process_index=0,
                           process_count=1).epoch(0))
+
+
+# --- the sweep's config ---------------------------------------------------------------------------
+
+def test_config_fields_are_checked():
+  from jpq_jax.sweep import ConfigError, demo_config, validate_config  # pylint: disable=import-outside-toplevel
+  cfg = demo_config()
+  assert (cfg.data.loader, cfg.data.workers, cfg.data.worker_type) == ("auto", 0, "threads")
+  for field, value, match in (("loader", "torch", "data.loader"), ("workers", -1, "data.workers"),
+                              ("worker_type", "fibers", "data.worker_type")):
+    c = demo_config()
+    c.data[field] = value
+    with pytest.raises(ConfigError, match=match):
+      validate_config(c)
+  from jpq_jax.sweep.build import _loader_cls  # pylint: disable=import-outside-toplevel
+  c = demo_config()
+  c.data.loader, c.data.workers = "grain", 2
+  loader = _loader_cls(c)(_split(n=40), 8, seed=0, shuffle=True, augment=None, process_index=0,
+                          process_count=1)
+  assert isinstance(loader, GrainLoader) and loader.workers == 2
+
+
+@pytest.mark.slow
+def test_sweep_with_the_grain_loader_gives_the_numpy_loaders_results(tmp_path):
+  import test_sweep_helpers as h  # pylint: disable=import-outside-toplevel
+  from jpq_jax.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  out = {}
+  for loader, workers in (("numpy", 0), ("grain", 2)):
+    cfg = h.tiny_config(lambdas=(1e-4,))
+    cfg.data.loader, cfg.data.workers = loader, workers
+    out[loader] = run_sweep(cfg, str(tmp_path / loader), progress=False)["members"]
+  for a, b in zip(out["numpy"], out["grain"]):
+    assert a["test_acc"] == b["test_acc"] and a["val_acc"] == b["val_acc"]
+    assert a["test_loss"] == b["test_loss"]
+
+
+def test_streamed_image_folder_matches_the_in_memory_one(tmp_path, monkeypatch):
+  monkeypatch.setenv("JPQ_JAX_CACHE", str(tmp_path / "cache"))
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 6), ("test", 3)):
+    for cls in ("cat", "dog"):
+      (tmp_path / "f" / split / cls).mkdir(parents=True)
+      for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(
+            tmp_path / "f" / split / cls / f"{k}.png")
+  folder = str(tmp_path / "f")
+  mem = data.load(f"folder:{folder}", seed=2, val_fraction=0.25)
+  streamed = data.load(f"folder:{folder}", seed=2, val_fraction=0.25, stream=True)
+  assert isinstance(streamed.train, data.SourceSplit) and streamed.input_shape == (9, 9, 3)
+  assert streamed.class_names == mem.class_names == ["cat", "dog"]
+  for a, b in ((mem.train, streamed.train), (mem.val, streamed.val), (mem.test, streamed.test)):
+    kw = dict(seed=2, shuffle=True, augment="cifar", process_index=0, process_count=1,
+              drop_remainder=False)
+    _assert_same(_batches(data.make_loader(b, 4, workers=2, **kw), 1),
+                 _batches(data.make_loader(a, 4, **kw), 1))
+  with pytest.raises(data.DataError, match="extract the zip"):
+    import shutil  # pylint: disable=import-outside-toplevel
+    zipped = shutil.make_archive(str(tmp_path / "z"), "zip", folder)
+    data.load(f"folder:{zipped}", stream=True)

@@ -77,3 +77,16 @@ def test_own_model_example_runs(capsys):
   fake = ns["net"].apply(ns["fixed_vars"], ns["x"], ns["jpq"].Ctx.fixed()).value
   np.testing.assert_allclose(ns["int_logits"], np.asarray(fake), rtol=1e-4, atol=1e-4)
   assert "Conv_1" in capsys.readouterr().out
+
+
+def test_own_pipeline_example_runs(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the example's sweep writes runs/own-pipeline here
+  ns: dict = {}
+  exec(compile(_example("own-pipeline"), "README.md:own-pipeline", "exec"), ns)
+  from jpq_jax import data
+  ds, results = ns["ds"], ns["results"]
+  assert isinstance(ds.train, data.SourceSplit) and isinstance(ds.val, data.BatchStream)
+  assert results["dataset"] == "user" and len(results["members"]) == 1
+  assert 0.0 <= results["members"][0]["test_acc"] <= 1.0
+  assert "test accuracy" in capsys.readouterr().out
+  assert (tmp_path / "runs" / "own-pipeline" / "results.json").exists()

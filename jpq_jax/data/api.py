@@ -7,7 +7,7 @@ from typing import Optional
 from jpq_jax.data.cifar import image_protocol, load_cifar10
 from jpq_jax.data.core import DataError, Dataset, Split, subset
 from jpq_jax.data.digits import load_digits
-from jpq_jax.data.images import read_image_folder
+from jpq_jax.data.images import read_image_folder, stream_image_folder
 from jpq_jax.data.speech import load_speech_commands
 from jpq_jax.data.tfds_stream import load_tfds
 from jpq_jax.data.tiny_imagenet import load_tiny_imagenet
@@ -23,7 +23,8 @@ _VAL_NAMES = ("val", "validation", "valid")
 def load_folder(path: str, seed: int = 14, *, val_fraction: float = 0.2,
                 test_fraction: Optional[float] = None, image_size: Optional[int] = None,
                 grayscale: bool = False, augment: Optional[str] = None, use_cache: bool = True,
-                cache_path: Optional[str] = None, name: Optional[str] = None) -> Dataset:
+                cache_path: Optional[str] = None, name: Optional[str] = None,
+                stream: bool = False) -> Dataset:
   """Loads an image folder or zip laid out as ``<split>/<class>/<image>``.
 
   ``train/`` is required. The validation split is ``val/`` (or ``validation/``) if present, else a
@@ -41,6 +42,9 @@ def load_folder(path: str, seed: int = 14, *, val_fraction: float = 0.2,
     use_cache: cache decoded images.
     cache_path: cache directory override.
     name: dataset name (default ``'folder:<path>'``).
+    stream: read the images when the loader needs them (a directory, not a zip; splits are
+      :class:`~jpq_jax.data.SourceSplit`, read by the grain loader) instead of decoding them all
+      into memory (``use_cache``/``cache_path`` are then unused).
 
   Returns:
     The dataset (uint8 images).
@@ -49,14 +53,18 @@ def load_folder(path: str, seed: int = 14, *, val_fraction: float = 0.2,
     DatasetNotFoundError: the path does not exist.
     DataError: no ``train/`` or ``test/``, mixed image sizes, empty splits.
   """
-  splits, class_names = read_image_folder(path, image_size=image_size, grayscale=grayscale,
-                                          use_cache=use_cache, cache_path=cache_path)
+  if stream:
+    splits, class_names = stream_image_folder(path, image_size=image_size, grayscale=grayscale)
+  else:
+    splits, class_names = read_image_folder(path, image_size=image_size, grayscale=grayscale,
+                                            use_cache=use_cache, cache_path=cache_path)
+    splits = {k: Split(*v) for k, v in splits.items()}
   name = name or f"folder:{path}"
   if "train" not in splits:
     raise DataError(f"{path}: no train/ split (found {sorted(splits)}); expected "
                     "<split>/<class>/<image> with split in train, val, test")
-  train_full = Split(*splits["train"])
-  test = Split(*splits["test"]) if "test" in splits else None
+  train_full = splits["train"]
+  test = splits.get("test")
   if test is None:
     if test_fraction is None:
       raise DataError(f"{path}: no test/ split (found {sorted(splits)}); add one or pass "
@@ -65,7 +73,7 @@ def load_folder(path: str, seed: int = 14, *, val_fraction: float = 0.2,
                              seed=seed + 7919, val_fraction=test_fraction, augment=None)
     train_full, test = test_ds.train, test_ds.val
   val_name = next((v for v in _VAL_NAMES if v in splits), None)
-  val = Split(*splits[val_name]) if val_name else None
+  val = splits[val_name] if val_name else None
   return image_protocol(name, train_full, test, num_classes=len(class_names), seed=seed,
                         val_fraction=val_fraction, augment=augment, class_names=class_names,
                         val=val)
@@ -90,7 +98,8 @@ def load(name: str, *, data_dir: Optional[str] = None, seed: int = 14, **options
     ``val_fraction``, ``download``.
   * ``'folder:<path>'``: an image folder or zip ``<split>/<class>/<image>`` (see
     :func:`load_folder`; options ``val_fraction``, ``test_fraction``, ``image_size``,
-    ``grayscale``, ``augment``).
+    ``grayscale``, ``augment``, ``stream``: decode each image when it is read, for folders too
+    large for memory).
   * ``'tfds:<builder>[/<config>]'``: any TFDS dataset prepared in the array_record format in
     ``data_dir`` (e.g. ``tfds:mnist``, ``tfds:cifar100``, ``tfds:imagenet2012``), *streamed*: the
     splits are read a batch at a time by the grain loader, never whole (see

@@ -65,7 +65,8 @@ def image_protocol(name: str, train_full: Split, test: Split, *, num_classes: in
   else:
     train = train_full
   return Dataset(name=name, train=train, val=val, test=test, num_classes=num_classes,
-                 input_shape=tuple(train.x.shape[1:]), class_weights=None, augment=augment,
+                 input_shape=tuple(train.x.shape[1:]) if isinstance(train, Split)
+                 else train.example_shape, class_weights=None, augment=augment,
                  extra_tests=dict(extra_tests or {}), class_names=class_names)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from jpq_jax.data.core import (DataError, DatasetNotFoundError, cache_dir, cache_key, load_cache,
                                save_cache, source_stamp)
 
-__all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "read_image_folder", "decode_image"]
+__all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "read_image_folder", "decode_image",
+           "stream_image_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
 
@@ -107,6 +108,66 @@ def decode_image(data: bytes, image_size: Optional[int], grayscale: bool) -> np.
   return arr[..., None] if arr.ndim == 2 else arr
 
 
+def _classes(path: str, files: dict, class_names: Optional[list]) -> list:
+  """The class order of an image folder (default: sorted folder names), checked.
+
+  Raises:
+    DataError: a class outside ``class_names``, fewer than 2 classes, a class without training
+      images.
+  """
+  found = sorted({c for split in files.values() for c in split})
+  if class_names is None:
+    class_names = found
+  unknown = sorted(set(found) - set(class_names))
+  if unknown:
+    raise DataError(f"{path}: class folders {unknown} are not among the classes {class_names}")
+  if len(found) < 2:
+    raise DataError(f"{path}: only {len(found)} class folder ({found}) holds images; a classifier "
+                    "needs at least 2 (layout <split>/<class>/<image>)")
+  if "train" in files:
+    untrained = sorted(set(found) - set(files["train"]))
+    if untrained:
+      raise DataError(f"{path}: class(es) {untrained} have no images in train/ (empty or missing "
+                      "folders; images nested deeper than <split>/<class>/ are not read)")
+  return list(class_names)
+
+
+def stream_image_folder(path: str, *, image_size: Optional[int] = None, grayscale: bool = False,
+                        class_names: Optional[list] = None) -> tuple[dict, list]:
+  """The splits of an image folder as streamed sources: nothing is decoded until it is read.
+
+  For folders too large for memory (ImageNet's ``train/<class>/<image>``): each split is a
+  :class:`~jpq_jax.data.SourceSplit` over a :class:`~jpq_jax.data.FileSource` that decodes an
+  image when the loader reads it (the same decoding as :func:`read_image_folder`).
+
+  Args:
+    path: a directory laid out as ``<split>/<class>/<image>`` (not a zip).
+    image_size: resize every image to this square size; if None all images must share one size.
+    grayscale: one channel instead of RGB.
+    class_names: class order (label = position); default: sorted class directory names.
+
+  Returns:
+    ``(splits, class_names)``: ``splits[name]`` is a ``SourceSplit``.
+
+  Raises:
+    DatasetNotFoundError: the path does not exist.
+    DataError: a zip, no images, or the class problems of :func:`read_image_folder`.
+  """
+  from jpq_jax.data.sources import FileSource, SourceSplit  # pylint: disable=import-outside-toplevel
+  files, _ = list_image_folder(path)
+  if not os.path.isdir(path):
+    raise DataError(f"{path}: streaming reads image files from a directory; extract the zip "
+                    "first (or leave stream off to decode it into memory)")
+  class_names = _classes(path, files, class_names)
+  splits = {}
+  for split, by_class in sorted(files.items()):
+    items = [(class_names.index(c), n) for c in sorted(by_class) for n in by_class[c]]
+    src = FileSource([os.path.join(path, n) for _, n in items], [lab for lab, _ in items],
+                     image_size=image_size, grayscale=grayscale)
+    splits[split] = SourceSplit(src)
+  return splits, class_names
+
+
 def read_image_folder(path: str, *, image_size: Optional[int] = None, grayscale: bool = False,
                       class_names: Optional[list] = None, use_cache: bool = True,
                       cache_path: Optional[str] = None) -> tuple[dict, list]:
@@ -130,20 +191,7 @@ def read_image_folder(path: str, *, image_size: Optional[int] = None, grayscale:
       classes, a class without training images, or a class outside ``class_names``.
   """
   files, _ = list_image_folder(path)
-  found = sorted({c for split in files.values() for c in split})
-  if class_names is None:
-    class_names = found
-  unknown = sorted(set(found) - set(class_names))
-  if unknown:
-    raise DataError(f"{path}: class folders {unknown} are not among the classes {class_names}")
-  if len(found) < 2:
-    raise DataError(f"{path}: only {len(found)} class folder ({found}) holds images; a classifier "
-                    "needs at least 2 (layout <split>/<class>/<image>)")
-  if "train" in files:
-    untrained = sorted(set(found) - set(files["train"]))
-    if untrained:
-      raise DataError(f"{path}: class(es) {untrained} have no images in train/ (empty or missing "
-                      "folders; images nested deeper than <split>/<class>/ are not read)")
+  class_names = _classes(path, files, class_names)
   cache_file = None
   if use_cache:
     key = cache_key(_CACHE_VERSION, source_stamp(path), image_size, grayscale, list(class_names))

@@ -22,7 +22,6 @@ construction, so building a dataset of any size costs no time and no memory.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Callable, Optional, Sequence
 
@@ -252,15 +251,15 @@ class FileSource:
     Raises:
       DataError: the file is not a readable image (names it).
     """
-    from PIL import Image  # pylint: disable=import-outside-toplevel
+    # The image-folder reader's decoding (16-bit PNGs kept in range, same resize).
+    from jpq_jax.data.images import decode_image  # pylint: disable=import-outside-toplevel
     path = self.paths[int(i)]
     try:
       with open(path, "rb") as f:
-        img = Image.open(io.BytesIO(f.read()))
-        img = img.convert("L" if self.grayscale else "RGB")
-    except (OSError, ValueError) as e:
-      raise DataError(f"{path}: not a readable image ({e})") from None
-    return resize_image(np.asarray(img, np.uint8), self.image_size), int(self.labels[int(i)])
+        image = decode_image(f.read(), self.image_size, self.grayscale)
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unreadable files
+      raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return image, int(self.labels[int(i)])
 
 
 class SourceSplit:
