@@ -9,7 +9,8 @@ Two measurements, in one run:
   loaders are run in turn, ``--repeats`` times, and the median is kept, so that a load that
   comes and goes on the machine hits them alike. Both loaders give the same batches (the tests
   check it bit for bit), so this compares only their speed.
-* **peak RSS** of a process that streams ``--rss-steps`` shuffled batches of 64 px images through
+* **resident memory** (RSS before the first batch, and its peak sampled after every batch) of a
+  fresh process that streams ``--rss-steps`` shuffled batches of 64 px images through
   the grain loader (2 threads) from a generated array_record file of about 0.5 GB and of about
   4 GB (under ``--tmp``, deleted afterwards): flat if nothing but the current batches is held in
   memory. The numpy loader would hold the whole split (0.5 GB, 4 GB) in RAM.
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -96,23 +96,38 @@ def write_dataset(path: str, gb: float, px: int = 64) -> int:
   return n
 
 
+def _rss_mb(field: str = "VmRSS") -> float:
+  """This process's resident memory (``VmRSS``) or its high-water mark (``VmHWM``), in MB."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
 def _child_rss(path: str, px: int, steps: int) -> None:
-  """In a fresh process: stream ``steps`` batches, print peak RSS and images/s as JSON."""
+  """In a fresh process: stream ``steps`` batches, print resident memory and images/s as JSON.
+
+  ``peak_rss_streaming_mb`` is the largest resident size sampled after every batch; the
+  high-water mark ``hwm_mb`` also counts the imports (JAX, grain), which happen before any data.
+  """
   from jpq_jax import data  # pylint: disable=import-outside-toplevel
-  rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   split = data.SourceSplit(data.ArrayRecordImages([path], (px, px, 3)))
   loader = data.GrainLoader(split, BATCH, seed=0, shuffle=True, augment="cifar", process_index=0,
                             process_count=1, workers=2)
+  rss0 = _rss_mb()
+  peak = rss0
   t0 = time.perf_counter()
   n = 0
   for i, (_, y) in enumerate(loader.epoch(0)):
     n += len(y)
+    peak = max(peak, _rss_mb())
     if i + 1 >= steps:
       break
   dt = time.perf_counter() - t0
   print(json.dumps({"images": len(split), "streamed": n, "images_per_s": n / dt,
-                    "rss_before_kb": rss0,
-                    "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                    "rss_before_mb": round(rss0, 1), "peak_rss_streaming_mb": round(peak, 1),
+                    "hwm_mb": round(_rss_mb("VmHWM"), 1)}))
 
 
 def memory(sizes_gb, tmp: str, steps: int) -> list:
@@ -161,10 +176,12 @@ def main():
           f"{str(r['worker_type'] or '-'):<9} {r['images_per_s']:9.0f} {r['vs_old']:6.2f}")
   mem = memory(args.sizes_gb, args.tmp, args.rss_steps) if args.sizes_gb else []
   if mem:
-    print(f"\n{'dataset GB':>10} {'images':>8} {'streamed':>8} {'images/s':>9} {'peak RSS MB':>11}")
+    print(f"\n{'dataset GB':>10} {'images':>8} {'streamed':>8} {'images/s':>9} "
+          f"{'RSS before MB':>13} {'peak RSS streaming MB':>21}")
     for m in mem:
       print(f"{m['dataset_gb']:10.2f} {m['images']:8d} {m['streamed']:8d} "
-            f"{m['images_per_s']:9.0f} {m['peak_rss_kb'] / 1024:11.0f}")
+            f"{m['images_per_s']:9.0f} {m['rss_before_mb']:13.0f} "
+            f"{m['peak_rss_streaming_mb']:21.0f}")
   load_after = os.getloadavg()
 
   def ratio(px, workers, wtype="threads"):
