@@ -93,3 +93,18 @@ def test_signal_at_validated(bad):
   c.debug.signal_at = bad
   with pytest.raises(sweep.ConfigError, match="debug.signal_at"):
     sweep.validate_config(c)
+
+
+@pytest.mark.slow
+def test_grain_loader_run_resumed_mid_epoch_equals_the_numpy_loaders(cfg_path, reference, tmp_path):
+  """The grain loader (2 worker threads), stopped mid-epoch and resumed, ends bit for bit as the
+  uninterrupted run of the numpy loader: same batches, same resume point."""
+  wd = str(tmp_path / "run")
+  grain = ("data.loader=grain", "data.workers=2")
+  rc, out = _run(cfg_path, wd, *grain, "debug.signal_at=search:1:step2:SIGTERM")
+  assert rc == 128 + signal.SIGTERM, out[-3000:]
+  rc, out = _run(cfg_path, wd, *grain)
+  assert rc == 0, out[-3000:]
+  assert "at search epoch 1 step 2 (saved when it was interrupted)" in out, out[-2000:]
+  diffs = _differences(_snapshot(wd), reference[1])
+  assert not diffs, diffs[:6]
