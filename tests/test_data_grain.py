@@ -396,3 +396,51 @@ def test_streamed_image_folder_matches_the_in_memory_one(tmp_path, monkeypatch):
     import shutil  # pylint: disable=import-outside-toplevel
     zipped = shutil.make_archive(str(tmp_path / "z"), "zip", folder)
     data.load(f"folder:{zipped}", stream=True)
+
+
+def _random_crop6(image, rng):
+  """Module level (picklable): a random 6x6 crop of an image of any size."""
+  r = int(rng.integers(0, image.shape[0] - 5))
+  c = int(rng.integers(0, image.shape[1] - 5))
+  return image[r:r + 6, c:c + 6]
+
+
+def test_images_of_varying_size_cropped_by_the_augmentation_callable(tmp_path):
+  """The ImageNet shape of the hook: files of any size, a random crop per example for training, a
+  decode that centre-crops for evaluation."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  paths, imgs = [], []
+  for i, (h, w) in enumerate([(9, 12), (7, 7), (10, 8), (6, 11)] * 3):
+    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    paths.append(tmp_path / f"{i}.png")
+    Image.fromarray(arr).save(paths[-1])
+    imgs.append(arr)
+  labels = [i % 2 for i in range(12)]
+  train = data.SourceSplit(data.FileSource(paths, labels), example_shape=(6, 6, 3))
+  kw = dict(seed=1, shuffle=True, augment=_random_crop6, process_index=0, process_count=1)
+  a = _batches(data.make_loader(train, 4, **kw), 0)
+  assert len(a) == 3 and a[0][0].shape == (4, 6, 6, 3)
+  _assert_same(_batches(data.make_loader(train, 4, workers=2, **kw), 0), a)
+  # Each crop is a window of its own image.
+  order = data.epoch_order(12, 1, 0, True)
+  crop = (a[0][0][0] * 255).round().astype(np.uint8)
+  img = imgs[order[0]]
+  assert any(np.array_equal(img[r:r + 6, c:c + 6], crop)
+             for r in range(img.shape[0] - 5) for c in range(img.shape[1] - 5))
+  ds = data.user_dataset(train, train, train, num_classes=2)
+  assert ds.input_shape == (6, 6, 3)
+
+  def centre6(raw):
+    im = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    r, c = (im.shape[0] - 6) // 2, (im.shape[1] - 6) // 2
+    return im[r:r + 6, c:c + 6]
+
+  val = data.SourceSplit(data.FileSource(paths, labels, decode=centre6))
+  assert val.example_shape == (6, 6, 3)
+  x, _ = val.gather(np.array([1]))
+  np.testing.assert_array_equal(x[0], imgs[1][0:6, 0:6])
+  # Without a crop, images of several sizes are a clear error.
+  with pytest.raises(data.DataError, match="expected \\(6, 6, 3\\)"):
+    list(data.make_loader(train, 4, seed=1, shuffle=False, process_index=0,
+                          process_count=1).epoch(0))

@@ -96,10 +96,12 @@ class GrainLoader(Loader):
     """
     order = epoch_order(len(self.split), self.seed, epoch, self.shuffle)
     ds = grain.MapDataset.range(int(start), self.steps_per_epoch)
+    user_fn = self.augment if is_user_augment(self.augment) else None
     ds = ds.map(ReadBatch(self.split, order, self.global_batch_size, self.batch_size,
-                          self.process_index, self.process_count))
-    if self.augment is not None:
-      ds = ds.map(AugmentBatch(self.augment, self.seed, epoch, self.global_batch_size))
+                          self.process_index, self.process_count, example_fn=user_fn,
+                          seed=self.seed, epoch=epoch))
+    if self.augment is not None and user_fn is None:
+      ds = ds.map(AugmentBatch(self.augment, self.seed, epoch))
     return ds.map(ScaleBatch(getattr(self.split, "normalize", None)))
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -228,18 +228,24 @@ class FileSource:
   Args:
     paths: one file per example (``.jpg``, ``.png``, ...).
     labels: the label of each.
-    image_size: square resize (bilinear) of every image; needed unless all images have one size.
+    image_size: square resize (bilinear) of every image; needed unless all images have one size
+      (or a ``decode`` or the loader's augmentation callable gives them one).
     grayscale: one channel instead of RGB.
+    decode: ``decode(file bytes) -> uint8 (H, W, C) image`` instead of Pillow's decoding with
+      ``image_size``/``grayscale`` (e.g. resize the shorter side and crop the centre; picklable for
+      worker processes).
   """
 
   def __init__(self, paths: Sequence[str], labels: Sequence[int], *,
-               image_size: Optional[int] = None, grayscale: bool = False):
+               image_size: Optional[int] = None, grayscale: bool = False,
+               decode: Optional[Callable[[bytes], np.ndarray]] = None):
     if len(paths) != len(labels):
       raise DataError(f"{len(paths)} image files but {len(labels)} labels")
     self.paths = [os.fspath(p) for p in paths]
     self.labels = np.asarray(labels, np.int32)
     self.image_size = None if image_size is None else int(image_size)
     self.grayscale = bool(grayscale)
+    self.decode = decode
 
   def __len__(self) -> int:
     """Number of examples."""
@@ -256,7 +262,9 @@ class FileSource:
     path = self.paths[int(i)]
     try:
       with open(path, "rb") as f:
-        image = decode_image(f.read(), self.image_size, self.grayscale)
+        raw = f.read()
+      image = (decode_image(raw, self.image_size, self.grayscale) if self.decode is None
+               else np.asarray(self.decode(raw), np.uint8))
     except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unreadable files
       raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     return image, int(self.labels[int(i)])
@@ -276,6 +284,9 @@ class SourceSplit:
   def __init__(self, source, example_shape: Optional[Sequence[int]] = None,
                normalize: Optional[tuple] = None):
     self.source = source
+    # A given shape may be the shape *after* the loader's per-example callable (images of varying
+    # sizes cropped to it); a shape read from example 0 is the stored one.
+    self.shape_given = example_shape is not None
     if example_shape is None:
       if len(source) == 0:
         raise DataError("cannot read the example shape of an empty source")
@@ -299,13 +310,17 @@ class SourceSplit:
     Returns:
       A new :class:`SourceSplit` over an :class:`IndexedSource`.
     """
-    return SourceSplit(IndexedSource(self.source, index), self.example_shape, self.normalize)
+    out = SourceSplit(IndexedSource(self.source, index), self.example_shape, self.normalize)
+    out.shape_given = self.shape_given
+    return out
 
-  def gather(self, index: np.ndarray) -> tuple:
+  def gather(self, index: np.ndarray, transform: Optional[Callable] = None) -> tuple:
     """Reads the examples at ``index`` into arrays.
 
     Args:
       index: integer index array.
+      transform: optional ``transform(j, image) -> image`` applied to the ``j``-th example read,
+        before the shape check (the loader's per-example augmentation callable).
 
     Returns:
       ``(x, y)``: ``(B, H, W, C)`` images in the source's dtype and ``(B,)`` int32 labels.
@@ -314,14 +329,17 @@ class SourceSplit:
       DataError: an example whose shape is not :attr:`example_shape` (a missing resize).
     """
     images, labels = [], []
-    for i in np.asarray(index).tolist():
+    for j, i in enumerate(np.asarray(index).tolist()):
       image, label = self.source[i]
       image = np.asarray(image)
+      if transform is not None:
+        image = np.asarray(transform(j, image))
       if image.ndim == 2:
         image = image[:, :, None]
       if image.shape != self.example_shape:
         raise DataError(f"example {i} has shape {image.shape}, expected {self.example_shape} "
-                        "(images of several sizes: set image_size=... to resize them)")
+                        "(images of several sizes: set image_size=... to resize them, or crop "
+                        "them to example_shape in the augmentation callable)")
       images.append(image)
       labels.append(label)
     return np.stack(images), np.asarray(labels, np.int32)
@@ -342,11 +360,14 @@ class SourceSplit:
     if input_shape is not None and self.example_shape != tuple(input_shape):
       raise DataError(f"{where}: examples have shape {self.example_shape}, expected "
                       f"{tuple(input_shape)} (set image_size=... to resize them)")
-    x, y = self.gather(np.arange(1))
-    if x.dtype not in (np.uint8, np.float32):
-      raise DataError(f"{where}: images must be uint8 or float32, got {x.dtype}")
-    if not 0 <= int(y[0]) < num_classes:
-      raise DataError(f"{where}: label {int(y[0])} of example 0 out of range [0, {num_classes})")
+    image, label = self.source[0]
+    image = np.asarray(image)
+    if image.dtype not in (np.uint8, np.float32):
+      raise DataError(f"{where}: images must be uint8 or float32, got {image.dtype}")
+    if not self.shape_given:
+      self.gather(np.arange(1))  # the stored shape must be the example shape
+    if not 0 <= int(label) < num_classes:
+      raise DataError(f"{where}: label {int(label)} of example 0 out of range [0, {num_classes})")
 
 
 def _image_of(example) -> np.ndarray:
@@ -354,17 +375,22 @@ def _image_of(example) -> np.ndarray:
   return np.asarray(example[0])
 
 
-def gather(split, index: np.ndarray) -> tuple:
+def gather(split, index: np.ndarray, transform: Optional[Callable] = None) -> tuple:
   """``(x, y)`` of the examples at ``index`` of an in-memory :class:`Split` or a
   :class:`SourceSplit`.
 
   Args:
     split: the split.
     index: integer index array.
+    transform: optional ``transform(j, image) -> image`` of the ``j``-th example.
 
   Returns:
     ``(x, y)`` arrays (``x`` in the split's dtype, ``y`` as stored).
   """
   if isinstance(split, Split):
-    return split.x[index], split.y[index]
-  return split.gather(index)
+    x = split.x[index]
+    if transform is not None:
+      x = np.stack([np.asarray(transform(j, img)) for j, img in enumerate(x)]).astype(
+          x.dtype, copy=False)
+    return x, split.y[index]
+  return split.gather(index, transform)

@@ -6,11 +6,12 @@ process's part starts in it), ``x``, ``y``. Every transform is a pure function o
 of the ``(seed, epoch)`` it was built with, so the batches do not depend on how many workers
 compute them nor in which order.
 
-* :class:`ReadBatch` -- the indices of the step from the epoch's order, gathered from the split;
+* :class:`ReadBatch` -- the indices of the step from the epoch's order, gathered from the split,
+  each example through the user's augmentation callable ``fn(image, rng) -> image`` if there is
+  one (``rng`` from ``(seed, epoch, position in the epoch)``, so it does not depend on the batch
+  size or the process count; it may crop images of varying size to the example shape);
 * :class:`AugmentBatch` -- a named augmentation (parameters drawn per *global* batch from
-  ``(seed, epoch, step)``, exactly as :class:`jpq_jax.data.Loader` draws them) or the user's
-  per-example callable ``fn(image, rng) -> image`` (``rng`` from ``(seed, epoch, position in the
-  epoch)``, so it does not depend on the batch size or the process count either);
+  ``(seed, epoch, step)``, exactly as :class:`jpq_jax.data.Loader` draws them);
 * :class:`ScaleBatch` -- uint8 to float32 in [0, 1] (then ``(x - mean) / std`` if the split has a
   normalization).
 
@@ -90,18 +91,26 @@ def apply_augmentation(x: np.ndarray, name: str, params: dict) -> np.ndarray:
 class ReadBatch(grain.transforms.Map):
   """Step -> the element of this process's part of global batch ``step`` (indices gathered).
 
+  The user's per-example augmentation callable runs here, on each example as it is read, before
+  the examples are stacked: it may receive images of any size (e.g. a streamed image folder) and
+  crop them to the split's example shape (ImageNet's random resized crop).
+
   Args:
     split: an in-memory :class:`~jpq_jax.data.Split` or a :class:`~jpq_jax.data.SourceSplit`.
     order: the epoch's example order.
     global_batch: examples per global batch.
     batch_size, process_index, process_count: this process's part (as
       :meth:`jpq_jax.data.Loader.batch_indices`).
+    example_fn: the user's ``fn(image, rng) -> image``, or None.
+    seed, epoch: the run seed and the epoch (``example_fn``'s generators).
   """
 
   def __init__(self, split, order: np.ndarray, global_batch: int, batch_size: int,
-               process_index: int, process_count: int):
+               process_index: int, process_count: int, example_fn: Optional[Callable] = None,
+               seed: int = 0, epoch: int = 0):
     self.split, self.order, self.global_batch = split, order, int(global_batch)
     self.batch_size, self.pi, self.pc = int(batch_size), int(process_index), int(process_count)
+    self.example_fn, self.seed, self.epoch = example_fn, int(seed), int(epoch)
 
   def map(self, element):
     """Reads one local batch.
@@ -120,23 +129,27 @@ class ReadBatch(grain.transforms.Map):
     else:  # the last, incomplete global batch: the first processes get one extra example each
       base, extra = divmod(len(idx), self.pc)
       start, size = self.pi * base + min(self.pi, extra), base + (self.pi < extra)
-    x, y = gather(self.split, idx[start:start + size])
+    transform = None
+    if self.example_fn is not None:
+      first = step * g + start  # the example's position in the epoch: its generator's seed
+
+      def transform(j, image):
+        return self.example_fn(image, np.random.default_rng(
+            [self.seed, self.epoch, first + j, _USER_AUG_TAG]))
+    x, y = gather(self.split, idx[start:start + size], transform)
     return {"step": step, "n_global": len(idx), "offset": start, "x": x, "y": y}
 
 
 class AugmentBatch(grain.transforms.Map):
-  """Augments one element: a named augmentation or the user's per-example callable.
+  """Augments one element with a named augmentation.
 
   Args:
-    augment: an augmentation name or ``fn(image, rng) -> image`` (one ``(H, W, C)`` image, a
-      ``numpy.random.Generator``; same shape and dtype back; picklable for worker processes).
+    augment: an augmentation name (:data:`jpq_jax.data.augment.AUGMENTATIONS`).
     seed, epoch: the run seed and the epoch.
-    global_batch: examples per global batch (the position of an example in the epoch).
   """
 
-  def __init__(self, augment, seed: int, epoch: int, global_batch: int):
+  def __init__(self, augment: str, seed: int, epoch: int):
     self.augment, self.seed, self.epoch = augment, int(seed), int(epoch)
-    self.global_batch = int(global_batch)
 
   def map(self, element):
     """Augments ``element['x']``.
@@ -147,19 +160,12 @@ class AugmentBatch(grain.transforms.Map):
     Returns:
       The element with the augmented ``x``.
     """
-    x, step, offset = element["x"], element["step"], element["offset"]
-    if callable(self.augment):
-      first = step * self.global_batch + offset
-      out = [np.asarray(self.augment(img, np.random.default_rng(
-          [self.seed, self.epoch, first + j, _USER_AUG_TAG]))) for j, img in enumerate(x)]
-      x = np.stack(out).astype(x.dtype, copy=False)
-    else:
-      # Drawn for the whole global batch, then sliced: the process count does not change them.
-      rng = augment_lib.augment_rng(self.seed, self.epoch, step)
-      params = augment_lib.sample_params(self.augment, element["n_global"], x.shape[1:3], rng)
-      params = {k: v[offset:offset + len(x)] for k, v in params.items()}
-      x = apply_augmentation(x, self.augment, params)
-    return dict(element, x=x)
+    x, offset = element["x"], element["offset"]
+    # Drawn for the whole global batch, then sliced: the process count does not change them.
+    rng = augment_lib.augment_rng(self.seed, self.epoch, element["step"])
+    params = augment_lib.sample_params(self.augment, element["n_global"], x.shape[1:3], rng)
+    params = {k: v[offset:offset + len(x)] for k, v in params.items()}
+    return dict(element, x=apply_augmentation(x, self.augment, params))
 
 
 class ScaleBatch(grain.transforms.Map):
