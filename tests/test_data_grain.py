@@ -444,3 +444,21 @@ def test_images_of_varying_size_cropped_by_the_augmentation_callable(tmp_path):
   with pytest.raises(data.DataError, match="expected \\(6, 6, 3\\)"):
     list(data.make_loader(train, 4, seed=1, shuffle=False, process_index=0,
                           process_count=1).epoch(0))
+
+
+@pytest.mark.slow
+def test_sweep_on_a_streamed_tfds_dataset(tiny_tfds, tmp_path):
+  import test_sweep_helpers as h  # pylint: disable=import-outside-toplevel
+  from jpq_jax.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  _tiny_builder_class()
+  cfg = h.tiny_config(lambdas=(1e-4,))
+  cfg.data.name, cfg.data.data_dir = "tfds:jpq_grain_tiny/rgb", tiny_tfds
+  cfg.data.options.image_key = "picture"
+  cfg.data.options.val_fraction = 0.25
+  cfg.data.options.augment = "flip"
+  cfg.data.workers = 2
+  cfg.train.batch_size = 3
+  res = run_sweep(cfg, str(tmp_path / "run"), progress=False)
+  assert res["dataset"] == "tfds:jpq_grain_tiny/rgb" and res["input_shape"] == [8, 8, 3]
+  assert 0.0 <= res["members"][0]["test_acc"] <= 1.0
+  assert "tensorflow" not in sys.modules
