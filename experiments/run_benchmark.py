@@ -26,6 +26,11 @@ Runs (each a sweep in ``<workdir>/<run>``, all sharing the float warm-up of ``jo
   results.json holds every cost of every member);
 * ``joint_keepalive`` (only with ``--runs``): ``joint`` with ``model.keep_alive=1``, jpq's named
   improvement that keeps one channel of every group (see ``jpq_jax.SearchSpace.keep_alive``).
+* ``joint_small`` (``cpu_v6``): a second sweep of ``joint`` at the protocol's larger lambdas (the
+  small-size end); the size report merges it into the ``joint`` front.
+
+Runs that do not include ``joint`` (``--runs joint_small,pit_mixprec``) share the warm-up of the
+work directory's ``joint`` run when there is one, else of the first run given.
 
 Lambdas: the size lambdas of the config; for another cost they are rescaled so that lambda * cost
 of the all-8-bit network is the same as with the size cost (the cost scales differ by orders of

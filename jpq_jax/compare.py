@@ -200,7 +200,8 @@ def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
     name: the merged run's display name (default: the first run's).
 
   Returns:
-    A :class:`Run` whose points are every run's (each point's ``run`` names its sweep), whose
+    A :class:`Run` whose points are every run's (each point's ``run`` names its sweep's
+    directory), whose
     training time and per-phase times are the sums, and whose failed members add up.
 
   Raises:
@@ -227,12 +228,13 @@ def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
   seen = {}
   points = []
   for r in runs:
+    sweep = pathlib.Path(r.workdir).name
     for p in r.points:
       lam = p.get("lambda")
-      if lam is not None and lam in seen and seen[lam] != r.name:
-        raise ValueError(f"cannot merge: lambda {lam} is trained by {seen[lam]!r} and {r.name!r}")
-      seen[lam] = r.name
-      points.append(dict(p, run=r.name))
+      if lam is not None and lam in seen and seen[lam] != sweep:
+        raise ValueError(f"cannot merge: lambda {lam} is trained by {seen[lam]!r} and {sweep!r}")
+      seen[lam] = sweep
+      points.append(dict(p, run=sweep))
   times: Dict[str, float] = {}
   for r in runs:
     for k, v in (r.times or {}).items():
