@@ -366,6 +366,23 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   return cfgs
 
 
+def find_warmup(path: str):
+  """The float warm-up directory that ``--warmup-from path`` names, or None.
+
+  ``path`` is a ``warmup/`` directory, a run directory holding one, or a work directory whose
+  ``joint`` run (else another run, in the order of the runs) holds one.
+  """
+  path = os.path.abspath(path)
+  if os.path.basename(path) == "warmup" and os.path.isdir(path):
+    return path
+  if os.path.isdir(os.path.join(path, "warmup")):
+    return os.path.join(path, "warmup")
+  for r in ("joint",) + OPTIONAL_RUNS + FULL_RUNS:
+    if os.path.isdir(os.path.join(path, r, "warmup")):
+      return os.path.join(path, r, "warmup")
+  return None
+
+
 def _load(compare, name, path, cost, borrowed_from=""):
   run = compare.load_run(path, cost=cost)
   run.name = name if not borrowed_from else f"{name} ({os.path.basename(borrowed_from)})"
@@ -442,8 +459,9 @@ def main(argv=None) -> int:
                        "whose finished runs (not in this one) join the comparison, e.g. the "
                        "fixed baselines of the protocol a variant changes")
   ap.add_argument("--warmup-from", default="",
-                  help="reuse the float warm-up of another work directory's joint run "
-                       "(<dir>/joint/warmup) instead of training one (ablations of the search)")
+                  help="reuse the float warm-up of another work directory (its joint run's, else "
+                       "another run's), of a run directory or a warmup/ directory instead of "
+                       "training one (ablations of the search)")
   args = ap.parse_args(argv)
   from jpq_jax import compare, sweep  # pylint: disable=import-outside-toplevel
   wd = args.workdir or os.path.join("runs", f"bench_{args.bench}_{args.protocol}")
@@ -469,9 +487,11 @@ def main(argv=None) -> int:
   for r in order:
     c = cfgs[r]
     if args.warmup_from:
-      src = os.path.abspath(os.path.join(args.warmup_from, "joint", "warmup"))
-      if not os.path.isdir(src):
-        ap.error(f"--warmup-from: {src} does not exist (a finished warm-up of a joint run)")
+      src = find_warmup(args.warmup_from)
+      if src is None:
+        ap.error(f"--warmup-from: no warm-up in {os.path.abspath(args.warmup_from)} (a run's "
+                 "warmup/ directory, a run directory holding one, or a work directory whose "
+                 "joint run (or another run) holds one)")
       c.warmup.checkpoint = src
     elif r != owner:
       c.warmup.checkpoint = os.path.abspath(os.path.join(wd, owner, "warmup"))

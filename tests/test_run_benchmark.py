@@ -203,3 +203,15 @@ def test_reports_merge_joint_small_into_the_joint_front(rb, tmp_path):
   assert comp["runs"][0]["n_points"] == 3 and len(comp["runs"][0]["merged_from"]) == 2
   # Only the small sweep's 150 kbit point reaches w2a8's accuracy below its size.
   assert comp["comparisons"][0]["headline"]["reduction"] > 0
+
+
+def test_warmup_from_finds_a_warmup(rb, tmp_path):
+  """--warmup-from: a warmup/ directory, a run directory or a work directory (joint first)."""
+  (tmp_path / "wd" / "joint_small" / "warmup").mkdir(parents=True)
+  want = str(tmp_path / "wd" / "joint_small" / "warmup")
+  assert rb.find_warmup(str(tmp_path / "wd")) == want
+  assert rb.find_warmup(str(tmp_path / "wd" / "joint_small")) == want
+  assert rb.find_warmup(want) == want
+  (tmp_path / "wd" / "joint" / "warmup").mkdir(parents=True)
+  assert rb.find_warmup(str(tmp_path / "wd")) == str(tmp_path / "wd" / "joint" / "warmup")
+  assert rb.find_warmup(str(tmp_path / "nothing")) is None
