@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import re
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -156,6 +157,11 @@ def _check_variables(model: nnx.Module) -> None:
                           "with its own weights or state); the conversion cannot quantize or cost it")
 
 
+_NNX_NAMES = {"Conv": "nnx.Conv", "Dense": "nnx.Linear", "BatchNorm": "nnx.BatchNorm",
+              "Dropout": "nnx.Dropout"}
+_NNX_NAME = re.compile(r"(?<![\w.])nn\.(Conv|Dense|BatchNorm|Dropout)\b")
+
+
 class _Source:
   """The user's NNX model as the Linen :class:`LinenNet` holds it: its graph definition and its
   abstract state (shapes only; the weights live in the NNX :class:`Searchable`). Compared by
@@ -236,13 +242,16 @@ class LinenNet(_LinenSearchable):
     Raises:
       ConversionError: something the conversion cannot handle (names the module path and op).
     """
-    closed, calls = _trace_nnx(self.source, shape, dtype, train, self.mode_arg)
-    plan = analyse(closed.jaxpr, calls, self.source.cls.__name__)
-    for c in calls:
-      if c.kind == "batchnorm":
-        _check_batchnorm(c.module, c.where)
-      if c.kind == "dropout" and tuple(c.module.broadcast_dims):
-        raise ConversionError(f"{c.where}: nnx.Dropout with broadcast_dims is not supported")
+    try:
+      closed, calls = _trace_nnx(self.source, shape, dtype, train, self.mode_arg)
+      plan = analyse(closed.jaxpr, calls, self.source.cls.__name__)
+      for c in calls:
+        if c.kind == "batchnorm":
+          _check_batchnorm(c.module, c.where)
+        if c.kind == "dropout" and tuple(c.module.broadcast_dims):
+          raise ConversionError(f"{c.where}: nnx.Dropout with broadcast_dims is not supported")
+    except ConversionError as e:  # the Linen checks name Linen layers: name the NNX ones
+      raise ConversionError(_NNX_NAME.sub(lambda m: _NNX_NAMES[m.group(1)], str(e))) from None
     return closed, calls, plan
 
 
@@ -279,13 +288,15 @@ class Searchable(nnx.Module):
 
   Attributes:
     net: the Linen form (:class:`LinenNet`), static.
+    rngs: the ``nnx.Rngs`` stream of dropout keys (training calls without ``key``).
     input_shape: shape of one example (no batch axis).
     input_dtype: the input dtype's name.
   """
 
   def __init__(self, net: LinenNet, variables: Mapping[str, Any], input_shape: Tuple[int, ...],
-               input_dtype: str = "float32"):
-    """Wraps Linen variables of ``net`` as NNX variables (see :meth:`from_variables`)."""
+               input_dtype: str = "float32", *, rngs: Optional[nnx.Rngs] = None):
+    """Wraps Linen variables of ``net`` as NNX variables (see :meth:`from_variables`); ``rngs``
+    (default ``nnx.Rngs(dropout=0)``) gives the dropout keys of training calls without a ``key``."""
     unknown = set(variables) - set(COLLECTIONS)
     if unknown:
       raise ValueError(f"jpq_jax.nnx.Searchable: unknown collections {sorted(unknown)}; expected "
@@ -295,6 +306,7 @@ class Searchable(nnx.Module):
     self.net = net
     self.input_shape = tuple(int(a) for a in input_shape)
     self.input_dtype = str(jnp.dtype(input_dtype))
+    self.rngs = rngs if rngs is not None else nnx.Rngs(dropout=0)
     for col in COLLECTIONS:
       if col in variables:
         setattr(self, col, _wrap(variables[col], COLLECTIONS[col]))
@@ -343,7 +355,8 @@ class Searchable(nnx.Module):
     Args:
       x: an input batch.
       ctx: the :class:`jpq_jax.Ctx` (its mode must be this module's, see :attr:`mode`).
-      key: the dropout PRNG key (training with dropout only).
+      key: the dropout PRNG key of a training call (default: the next of ``self.rngs.dropout``,
+        as NNX layers draw theirs).
 
     Returns:
       The output :class:`jpq_jax.QTensor` (logits in ``.value``).
@@ -359,6 +372,8 @@ class Searchable(nnx.Module):
       raise ValueError(f"jpq_jax.nnx.Searchable: {ctx.mode} mode needs {need!r} variables; this "
                        f"module is in {self.mode} mode (use to_search() / to_fixed())")
     v = self.variables()
+    if key is None and ctx.train:
+      key = self.rngs.dropout()
     rngs = {"dropout": key} if key is not None else None
     if ctx.mode == "float" and ctx.train and "batch_stats" in v:
       out, upd = self.net.apply(v, x, ctx, mutable=["batch_stats"], rngs=rngs)
@@ -515,3 +530,31 @@ def float_variables(net: LinenNet, model: nnx.Module, calls=None, plan=None) -> 
     raise ValueError(f"float_variables: the NNX model's weights do not match the converted model "
                      f"(shapes {got_s} vs {want_s})")
   return out
+
+
+def float_variables_from_state(net: LinenNet, state: Mapping[str, Any]) -> Dict[str, Any]:
+  """The float variables of ``net`` from a saved state of the user's NNX model.
+
+  Args:
+    net: the Linen form of a converted NNX model.
+    state: the NNX model's state as a pure dict, at least its ``nnx.Param`` and ``nnx.BatchStat``
+      (``nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))``, e.g. an Orbax tree).
+
+  Returns:
+    ``{'params', 'batch_stats'}`` for ``net`` (see :func:`float_variables`).
+
+  Raises:
+    ValueError: the state does not belong to the model (missing layer, other shapes).
+  """
+  graphdef, abstract = nnx.split(net.source.copy())
+  try:
+    nnx.replace_by_pure_dict(abstract, state)
+  except (KeyError, ValueError, TypeError) as e:
+    raise ValueError(f"float_variables_from_state: the state does not match the NNX model "
+                     f"{net.source.cls.__name__} ({type(e).__name__}: {e})") from None
+  model = nnx.merge(graphdef, abstract)
+  for p, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+    if isinstance(var.get_value(), jax.ShapeDtypeStruct):
+      raise ValueError(f"float_variables_from_state: the state has no value at "
+                       f"{'/'.join(_path(p))!r}")
+  return float_variables(net, model)
