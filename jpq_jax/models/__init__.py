@@ -145,7 +145,8 @@ def build_model(name: str, space: SearchSpace, num_classes: int, sample_input: A
     return get_model(name, space, num_classes)
   factory = model_factory(name)
   try:
-    params = inspect.signature(factory).parameters
+    # An NNX class's signature is its metaclass's (*args, **kwargs): read its __init__'s.
+    params = inspect.signature(factory.__init__ if _is_nnx_class(factory) else factory).parameters
   except (TypeError, ValueError):
     params = {}
   if "num_classes" in params and "num_classes" not in kwargs:
