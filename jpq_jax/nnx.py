@@ -199,9 +199,14 @@ def _trace_nnx(source: _Source, shape, dtype, train: bool, mode_arg) -> Tuple[An
       where = "/".join(path) or type(model).__name__
       if x is None:
         raise ConversionError(f"{where}: nnx.{name} called without a positional input")
-      if kind != "dropout" and (args or kwargs):
+      # Mode flags are jpq's Ctx's business (BatchNorm's running average, dropout's randomness).
+      extra = {k: v for k, v in kwargs.items()
+               if not (kind == "batchnorm" and k == "use_running_average" or
+                       kind == "batchnorm" and k == "mask" and v is None or
+                       kind == "dropout" and k in ("deterministic", "rngs", "rng"))}
+      if (args and kind != "dropout") or extra:
         raise ConversionError(f"{where}: nnx.{name} called with extra arguments "
-                              f"{sorted(kwargs) or len(args)}; not supported")
+                              f"{sorted(extra) or len(args)}; not supported")
       if id(mod) in called:
         raise ConversionError(f"{where}: nnx.{name} is called more than once (weights shared "
                               "between two places of the graph); not supported")

@@ -358,3 +358,27 @@ def test_wrong_inputs_are_refused():
     jnnx.Searchable.from_variables(m.net, {"params": {}, "bogus": {}})
   with pytest.raises(ValueError, match="does not match the NNX model|no value at"):
     jnnx.float_variables_from_state(m.net, {"stem": {"kernel": np.zeros((3, 3, 1, 8))}})
+
+
+class _TrainArg(nnx.Module):
+  """Mode passed as arguments, as some NNX users write it, instead of model.train()/eval()."""
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x, train: bool = False):
+    h = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+    h = self.drop(h, deterministic=not train)
+    return self.head(h.mean(axis=(1, 2)))
+
+
+def test_mode_arguments_of_nnx_layers_are_left_to_the_ctx():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  user = _TrainArg(nnx.Rngs(0))
+  _perturb_bn(user, jax.random.PRNGKey(1))
+  m = jpq.nnx_searchable(user, x)
+  assert [l.name for l in m.table().layers] == ["conv", "head"]
+  np.testing.assert_allclose(m(x, jpq.Ctx.float()).value, user(x), rtol=1e-5, atol=1e-6)
