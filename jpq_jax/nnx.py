@@ -6,14 +6,11 @@
 :class:`Searchable` ``nnx.Module``: ``model(x, ctx)`` runs it in the float, search and fixed modes of
 :class:`jpq_jax.Ctx`, and its search state is NNX variables of their own types:
 
-========================  ==========================  ======================================
-NNX variable type         attribute (Linen collection)  what
-========================  ==========================  ======================================
-``nnx.Param``             ``model.params``             weights, biases, PACT clips
-``nnx.BatchStat``         ``model.batch_stats``        BatchNorm statistics (float mode only)
-:class:`ArchLogits`       ``model.arch``               precision logits (search mode)
-:class:`Precision`        ``model.precision``          frozen bit-widths (fixed mode)
-========================  ==========================  ======================================
+* ``nnx.Param`` (attribute ``params``, the Linen collection of the same name): weights, biases,
+  PACT clips;
+* ``nnx.BatchStat`` (``batch_stats``): BatchNorm statistics (float mode only);
+* :class:`ArchLogits` (``arch``): precision logits (search mode);
+* :class:`Precision` (``precision``): frozen bit-widths (fixed mode);
 
 so ``nnx.state(model, ArchLogits)``, ``nnx.split(model, nnx.Param, ...)`` and
 ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` separate them as they separate any NNX state.
@@ -351,7 +348,12 @@ class Searchable(nnx.Module):
     return jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.dtype(self.input_dtype))
 
   def variables(self) -> Dict[str, Any]:
-    """The Linen variables (``{'params', ...}`` of arrays, the bridge to every Linen function)."""
+    """The Linen variables: the bridge to every Linen jpq function.
+
+    Returns:
+      ``{'params', ...}``: the collections this module holds, as nested dicts of arrays (tracers
+      under a transform).
+    """
     return {col: _unwrap(getattr(self, col)) for col in COLLECTIONS if hasattr(self, col)}
 
   def __call__(self, x, ctx: Ctx, *, key: Optional[jax.Array] = None) -> QTensor:
@@ -387,15 +389,25 @@ class Searchable(nnx.Module):
     return self.net.apply(v, x, ctx, rngs=rngs)
 
   def table(self) -> LayerTable:
-    """The static layer table (cached per model and input shape)."""
+    """The static layer table (cached per Linen net and input shape).
+
+    Returns:
+      The :class:`jpq_jax.LayerTable` of the model at :attr:`sample`'s shape.
+    """
     return _table(self.net, (1,) + self.input_shape, self.input_dtype)
 
   def thetas(self, ctx: Optional[Ctx] = None) -> Dict[str, arch_lib.GroupTheta]:
-    """theta of every group (:func:`jpq_jax.thetas`); ``ctx`` defaults to the module's mode
-    (search: evaluation at T = 1, fixed: the bit-widths).
+    """theta of every group (:func:`jpq_jax.thetas`).
+
+    Args:
+      ctx: a search or fixed :class:`jpq_jax.Ctx`; default: the module's mode (search:
+        evaluation at T = 1, fixed: the bit-widths).
+
+    Returns:
+      ``{group name: GroupTheta}``.
 
     Raises:
-      ValueError: float mode.
+      ValueError: float mode, or a ``ctx`` whose collection the module does not hold.
     """
     if ctx is None:
       if self.mode == "float":
@@ -404,7 +416,14 @@ class Searchable(nnx.Module):
     return arch_lib.thetas(self.variables(), self.table(), ctx)
 
   def cost(self, name: str, ctx: Optional[Ctx] = None) -> jax.Array:
-    """The registered cost model ``name`` of the current architecture (see :meth:`thetas`).
+    """The registered cost model ``name`` of the current architecture.
+
+    Args:
+      name: a registered cost model (``jpq_jax.costs.list_costs()``).
+      ctx: as for :meth:`thetas` (a training ``ctx`` gives the relaxed, differentiable cost).
+
+    Returns:
+      The scalar cost.
 
     Raises:
       ValueError: unknown cost model, one that cannot cost this table, or float mode.
@@ -414,6 +433,13 @@ class Searchable(nnx.Module):
   def to_search(self, *, compensate: bool = True, rng: Optional[jax.Array] = None) -> "Searchable":
     """A new search-mode module: BatchNorm folded, precision logits initialised
     (:func:`jpq_jax.to_search`).
+
+    Args:
+      compensate: divide the weights by ``1 - theta_0`` (see :func:`jpq_jax.to_search`).
+      rng: PRNG key of the search-mode init (the clips and logits are deterministic).
+
+    Returns:
+      The search-mode :class:`Searchable` (this module is unchanged).
 
     Raises:
       ValueError: the module is not in float mode.
@@ -428,6 +454,12 @@ class Searchable(nnx.Module):
     """A new fixed-mode module: the argmax architecture of the logits (:func:`jpq_jax.freeze`),
     same weights.
 
+    Args:
+      temperature: temperature of the softmax whose argmax is taken.
+
+    Returns:
+      The fixed-mode :class:`Searchable` (this module is unchanged).
+
     Raises:
       ValueError: the module is not in search mode.
     """
@@ -438,6 +470,12 @@ class Searchable(nnx.Module):
 
   def export(self, requant: str = "float"):
     """The integer deployment bundle (:func:`jpq_jax.export.export_model`) of a fixed-mode module.
+
+    Args:
+      requant: ``"float"`` or ``"fixed_point"`` (see :func:`jpq_jax.export.export_model`).
+
+    Returns:
+      The :class:`jpq_jax.bundle.Bundle` (``.save(path)``; ``jpq_jax.export.run_bundle``).
 
     Raises:
       jpq_jax.export.BundleError: not in fixed mode, or an unexportable graph.

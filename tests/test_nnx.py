@@ -351,6 +351,8 @@ def test_unsupported_models_are_refused_with_their_path(cls, match):
 def test_wrong_inputs_are_refused():
   with pytest.raises(TypeError, match="a Linen model is converted by jpq_jax.searchable"):
     jpq.nnx_searchable(nn.Dense(3), jnp.zeros((1, 4)))
+  with pytest.raises(TypeError, match="NnxTinyNet is a Flax NNX module.*jpq_jax.nnx_searchable"):
+    jpq.searchable(NnxTinyNet(rngs=nnx.Rngs(0)), jnp.zeros((1, 8, 8, 1)))
   m = jpq.nnx_searchable(NnxTinyNet(rngs=nnx.Rngs(0)), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(TypeError, match="already converted"):
     jpq.nnx_searchable(m, jnp.zeros((1, 8, 8, 1)))
