@@ -1,8 +1,9 @@
 """ResNet-8 and a small depthwise/residual CNN written in plain Flax NNX, the way an NNX user writes
 them (no jpq_jax import).
 
-Used by tests/test_nnx.py: :class:`NnxResNet8` mirrors tests/plain_flax.py's ``PlainResNet8`` (the
-same layer names, so weights map one to one onto :class:`jpq_jax.models.ResNet8`). The small model
+Used by tests/test_nnx.py: :class:`NnxResNet8` and :class:`NnxDSCNN` mirror tests/plain_flax.py's
+``PlainResNet8`` and ``PlainDSCNN`` (the same layer names, so weights map one to one onto
+:class:`jpq_jax.models.ResNet8` and :class:`jpq_jax.models.DSCNN`). The small model
 of the other NNX tests, also run by the sweep by import path, is ``userpkg.nnx_nets.NnxTinyNet``.
 """
 
@@ -48,3 +49,31 @@ class NnxResNet8(nnx.Module):
     h = nnx.avg_pool(h, (8, 8))
     h = h.reshape((h.shape[0], -1))
     return self.out(h)
+
+
+class NnxDSCNN(nnx.Module):
+  """DS-CNN (MLPerf Tiny KWS) in plain NNX: depthwise convs via feature_group_count."""
+
+  def __init__(self, num_classes: int = 12, *, rngs: nnx.Rngs):
+    def bn():
+      return nnx.BatchNorm(64, momentum=0.01, epsilon=1e-5, rngs=rngs)
+
+    self.inputlayer = nnx.Conv(1, 64, (10, 4), strides=2, padding=((5, 5), (1, 1)), rngs=rngs)
+    self.bn_in = bn()
+    self.drop_in = nnx.Dropout(0.2, rngs=rngs)
+    for k in range(1, 5):
+      setattr(self, f"depthwise{k}", nnx.Conv(64, 64, (3, 3), padding=1, feature_group_count=64,
+                                              rngs=rngs))
+      setattr(self, f"bn_dw{k}", bn())
+      setattr(self, f"pointwise{k}", nnx.Conv(64, 64, (1, 1), padding=0, rngs=rngs))
+      setattr(self, f"bn_pw{k}", bn())
+    self.drop_out = nnx.Dropout(0.4, rngs=rngs)
+    self.out = nnx.Linear(64, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.drop_in(nnx.relu(self.bn_in(self.inputlayer(x))))
+    for k in range(1, 5):
+      h = nnx.relu(getattr(self, f"bn_dw{k}")(getattr(self, f"depthwise{k}")(h)))
+      h = nnx.relu(getattr(self, f"bn_pw{k}")(getattr(self, f"pointwise{k}")(h)))
+    h = self.drop_out(h)
+    return self.out(jnp.mean(h, axis=(1, 2)))

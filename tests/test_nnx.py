@@ -1,6 +1,6 @@
-"""jpq_jax.nnx: a plain Flax NNX ResNet-8 (tests/plain_nnx.py) converts to the same layer table,
-sharing groups, costs and float/search/fixed logits as the hand-written jpq ResNet-8 on the same
-weights; the search state is typed NNX variables (ArchLogits, Precision) that nnx.state and an
+"""jpq_jax.nnx: a plain Flax NNX ResNet-8 (and, slow, DS-CNN; tests/plain_nnx.py) converts to the
+same layer table, sharing groups, costs and float/search/fixed logits as the hand-written jpq model
+on the same weights; the search state is typed NNX variables (ArchLogits, Precision) that nnx.state and an
 nnx.Optimizer separate from the weights; freezing, the integer export and the refusals.
 
 The ResNet-8 runs every mode in one nnx.jit (NNX side) and one jax.jit (reference), as
@@ -20,8 +20,8 @@ from flax import nnx
 import jpq_jax as jpq
 from jpq_jax import costs, export
 from jpq_jax import nnx as jnnx
-from jpq_jax.models import ResNet8
-from plain_nnx import NnxResNet8
+from jpq_jax.models import DSCNN, ResNet8
+from plain_nnx import NnxDSCNN, NnxResNet8
 from test_convert import _group_map, _rename
 from test_export import _assert_reproduces
 from userpkg.nnx_nets import NnxTinyNet
@@ -39,11 +39,17 @@ def _perturb_bn(model: nnx.Module, key) -> None:
       m.bias[...] = m.bias[...] + 0.1 * jax.random.normal(k4, c)
 
 
-@pytest.fixture(scope="module")
-def resnet():
-  ref = ResNet8()
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
-  user = NnxResNet8(rngs=nnx.Rngs(1))
+CASES = {"resnet8": (NnxResNet8, ResNet8, (2, 32, 32, 3)),
+         "dscnn": (NnxDSCNN, DSCNN, (2, 49, 10, 1))}
+
+
+# The DS-CNN (depthwise groups) is a second compile of ~30 s: slow, the ResNet-8 runs by default.
+@pytest.fixture(scope="module", params=["resnet8", pytest.param("dscnn", marks=pytest.mark.slow)])
+def pair(request):
+  user_cls, ref_cls, shape = CASES[request.param]
+  ref = ref_cls()
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape, minval=-1.0, maxval=1.0)
+  user = user_cls(rngs=nnx.Rngs(1))
   _perturb_bn(user, jax.random.PRNGKey(2))
   fm = jpq.nnx_searchable(user, x, ref.space)
   fv = fm.variables()
@@ -64,30 +70,33 @@ def resnet():
   xm = sm.to_fixed()
   fx_ref = jpq.to_fixed(sv_ref, t_ref)
 
+  key = jax.random.PRNGKey(4)  # the dropout key of both (the DS-CNN has dropout)
+
   @nnx.jit
   def run_nnx(fm, sm, xm, x):
     return dict(f_eval=fm(x, jpq.Ctx.float()).value,
-                f_train=fm(x, jpq.Ctx.float(train=True)).value,  # updates fm.batch_stats
+                f_train=fm(x, jpq.Ctx.float(train=True), key=key).value,  # updates batch_stats
                 s_eval=sm(x, jpq.Ctx.search(1.0)).value,
-                s_train=sm(x, jpq.Ctx.search(0.7, train=True)).value,
+                s_train=sm(x, jpq.Ctx.search(0.7, train=True), key=key).value,
                 fixed=xm(x, jpq.Ctx.fixed()).value)
 
   def run_ref(fv, sv, fx, x):
-    f_train, st = ref.apply(fv, x, jpq.Ctx.float(train=True), mutable=["batch_stats"])
+    rng = {"dropout": key}
+    f_train, st = ref.apply(fv, x, jpq.Ctx.float(train=True), mutable=["batch_stats"], rngs=rng)
     return dict(f_eval=ref.apply(fv, x, jpq.Ctx.float()).value, f_train=f_train.value,
                 stats=st["batch_stats"], s_eval=ref.apply(sv, x, jpq.Ctx.search(1.0)).value,
-                s_train=ref.apply(sv, x, jpq.Ctx.search(0.7, train=True)).value,
+                s_train=ref.apply(sv, x, jpq.Ctx.search(0.7, train=True), rngs=rng).value,
                 fixed=ref.apply(fx, x, jpq.Ctx.fixed()).value)
 
   out_nnx = run_nnx(fm, sm, xm, x)
   out_ref = jax.jit(run_ref)(fv, sv_ref, fx_ref, x)
-  return dict(user=user, x=x, fm=fm, fv=fv, sm0=sm0, sm=sm, xm=xm, ref=ref, t_net=t_net,
+  return dict(name=request.param, user=user, x=x, fm=fm, fv=fv, sm0=sm0, sm=sm, xm=xm, ref=ref, t_net=t_net,
               t_ref=t_ref, gmap=gmap, inv=inv, sv_ref=sv_ref, fx_ref=fx_ref, out_nnx=out_nnx,
               out_ref=out_ref)
 
 
-def test_resnet8_table_and_sharing_groups_equal(resnet):
-  t_net, t_ref, gmap = resnet["t_net"], resnet["t_ref"], resnet["gmap"]
+def test_table_and_sharing_groups_equal(pair):
+  t_net, t_ref, gmap = pair["t_net"], pair["t_ref"], pair["gmap"]
   assert [l.name for l in t_net.layers] == [l.name for l in t_ref.layers]
   for a, b in zip(t_net.layers, t_ref.layers):
     a = dataclasses.replace(a, w_group=gmap[a.w_group], in_group=gmap[a.in_group])
@@ -97,13 +106,16 @@ def test_resnet8_table_and_sharing_groups_equal(resnet):
     h = t_ref.group(gmap[g.name])
     assert dataclasses.replace(g, name=h.name, path=h.path) == h
   parts = sorted(sorted(l.name for l in t_net.layers_of(g.name)) for g in t_net.searchable_groups)
-  assert ["conv1", "inputblock_conv1"] in parts and ["conv2x", "conv2y"] in parts
-  assert ["conv3x", "conv3y"] in parts and len(parts) == 7
+  if pair["name"] == "resnet8":
+    assert ["conv1", "inputblock_conv1"] in parts and ["conv2x", "conv2y"] in parts
+    assert ["conv3x", "conv3y"] in parts and len(parts) == 7
+  else:
+    assert ["depthwise1", "inputlayer"] in parts and ["pointwise4"] in parts and len(parts) == 6
 
 
-def test_resnet8_every_cost_model_equal(resnet):
-  t_net, t_ref, sm = resnet["t_net"], resnet["t_ref"], resnet["sm"]
-  th_ref = jpq.thetas(resnet["sv_ref"], t_ref, jpq.Ctx.search(1.0))
+def test_every_cost_model_equal(pair):
+  t_net, t_ref, sm = pair["t_net"], pair["t_ref"], pair["sm"]
+  th_ref = jpq.thetas(pair["sv_ref"], t_ref, jpq.Ctx.search(1.0))
   names = costs.list_costs()
   assert {"size", "mpic", "ne16", "bitops"} <= set(names)
   for name in names:
@@ -116,47 +128,50 @@ def test_resnet8_every_cost_model_equal(resnet):
     a = float(sm.cost(name, jpq.Ctx.search(1.0)))
     b = float(costs.get_cost(name)(t_ref, th_ref))
     assert a > 0 and a == pytest.approx(b, rel=1e-6), name
-  fb = jpq.thetas(resnet["fx_ref"], t_ref, jpq.Ctx.fixed())
-  assert float(resnet["xm"].cost("size")) == pytest.approx(
+  fb = jpq.thetas(pair["fx_ref"], t_ref, jpq.Ctx.fixed())
+  assert float(pair["xm"].cost("size")) == pytest.approx(
       float(costs.get_cost("size")(t_ref, fb)), rel=1e-6)
 
 
 @pytest.mark.parametrize("what", ["f_eval", "f_train", "s_eval", "s_train", "fixed"])
-def test_resnet8_logits_equal_in_every_mode(resnet, what):
-  a, b = np.asarray(resnet["out_nnx"][what]), np.asarray(resnet["out_ref"][what])
+def test_logits_equal_in_every_mode(pair, what):
+  a, b = np.asarray(pair["out_nnx"][what]), np.asarray(pair["out_ref"][what])
   assert np.isfinite(a).all() and np.abs(b).max() > 1e-3
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
-def test_resnet8_float_mode_is_the_users_model_and_batch_stats_update(resnet):
-  user, x, fm = resnet["user"], resnet["x"], resnet["fm"]
+def test_float_mode_is_the_users_model_and_batch_stats_update(pair):
+  user, x, fm = pair["user"], pair["x"], pair["fm"]
   user.eval()
-  np.testing.assert_allclose(resnet["out_nnx"]["f_eval"], user(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pair["out_nnx"]["f_eval"], user(x), rtol=1e-5, atol=1e-6)
+  if pair["name"] != "resnet8":
+    return  # the DS-CNN's training output depends on its own dropout stream
   user.train()
-  np.testing.assert_allclose(resnet["out_nnx"]["f_train"], user(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pair["out_nnx"]["f_train"], user(x), rtol=1e-5, atol=1e-6)
   # The float training call inside nnx.jit updated the module's BatchStat variables in place,
   # as the user's own model updated its BatchNorm (same momentum).
   stats = fm.variables()["batch_stats"]
-  ref_stats = resnet["out_ref"]["stats"]
+  ref_stats = pair["out_ref"]["stats"]
   for k, v in ref_stats.items():
     np.testing.assert_allclose(stats[k]["BatchNorm_0"]["mean"], v["BatchNorm_0"]["mean"],
                                rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(stats["inputblock_conv1"]["BatchNorm_0"]["var"], user.bn0.var[...],
+  first = pair["t_net"].layers[0].name
+  np.testing.assert_allclose(stats[first]["BatchNorm_0"]["var"], ref_stats[first]["BatchNorm_0"]["var"],
                              rtol=1e-5, atol=1e-6)
-  assert not np.allclose(stats["inputblock_conv1"]["BatchNorm_0"]["mean"],
-                         resnet["fv"]["batch_stats"]["inputblock_conv1"]["BatchNorm_0"]["mean"])
+  assert not np.allclose(stats[first]["BatchNorm_0"]["mean"],
+                         pair["fv"]["batch_stats"][first]["BatchNorm_0"]["mean"])
 
 
-def test_resnet8_to_search_and_to_fixed_are_the_linen_ones(resnet):
-  x, fm, sm0 = resnet["x"], resnet["fm"], resnet["sm0"]
-  want = jpq.to_search(fm.net, resnet["fv"], x)
+def test_to_search_and_to_fixed_are_the_linen_ones(pair):
+  x, fm, sm0 = pair["x"], pair["fm"], pair["sm0"]
+  want = jpq.to_search(fm.net, pair["fv"], x)
   got = sm0.variables()
   assert set(got) == {"params", "arch"}
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
-  prec = resnet["xm"].variables()["precision"]
-  want = _rename(resnet["fx_ref"]["precision"], resnet["inv"])
+  prec = pair["xm"].variables()["precision"]
+  want = _rename(pair["fx_ref"]["precision"], pair["inv"])
   jax.tree_util.tree_map(np.testing.assert_array_equal, prec, want)
-  assert resnet["xm"].mode == "fixed" and sm0.mode == "search" and fm.mode == "float"
+  assert pair["xm"].mode == "fixed" and sm0.mode == "search" and fm.mode == "float"
 
 
 # --- The small model: typed state, optimizers, freezing, export, refusals. ---
