@@ -3,8 +3,8 @@
 :func:`searchable` takes an unmodified NNX model built from ``nnx.Conv`` (incl. depthwise
 ``feature_group_count``), ``nnx.Linear``, ``nnx.BatchNorm``, ``nnx.Dropout``, activation functions,
 ``+`` residual adds, pooling, mean and reshape/flatten, with its current weights, and returns a
-:class:`Searchable` ``nnx.Module``: ``model(x, ctx)`` runs it in the float, search and fixed modes of
-:class:`jpq_jax.Ctx`, and its search state is NNX variables of their own types:
+:class:`Searchable` ``nnx.Module``: ``model(x, ctx)`` runs it in the float, search and fixed
+modes of :class:`jpq_jax.Ctx`, and its search state is NNX variables of their own types:
 
 * ``nnx.Param`` (attribute ``params``, the Linen collection of the same name): weights, biases,
   PACT clips;
@@ -151,7 +151,8 @@ def _check_variables(model: nnx.Module) -> None:
                             f"know (supported: {_SUPPORTED})")
     raise ConversionError(f"{'/'.join(path)}: a {type(var).__name__} variable outside "
                           f"nnx.Conv/nnx.Linear/nnx.BatchNorm (in {cls.__name__}: a custom layer "
-                          "with its own weights or state); the conversion cannot quantize or cost it")
+                          "with its own weights or state); the conversion cannot quantize or "
+                          "cost it")
 
 
 _NNX_NAMES = {"Conv": "nnx.Conv", "Dense": "nnx.Linear", "BatchNorm": "nnx.BatchNorm",
@@ -331,7 +332,8 @@ class Searchable(nnx.Module):
       ValueError: unknown collections, or no ``params``.
     """
     if not isinstance(net, LinenNet):
-      raise TypeError(f"from_variables: net must be a jpq_jax.nnx.LinenNet, got {type(net).__name__}")
+      raise TypeError(f"from_variables: net must be a jpq_jax.nnx.LinenNet, got "
+                      f"{type(net).__name__}")
     dtype = getattr(sample_input, "dtype", jnp.float32)
     return cls(net, variables, net.input_shape, str(jnp.dtype(dtype)))
 
@@ -581,7 +583,8 @@ def float_variables_from_state(net: LinenNet, state: Mapping[str, Any]) -> Dict[
   Args:
     net: the Linen form of a converted NNX model.
     state: the NNX model's state as a pure dict, at least its ``nnx.Param`` and ``nnx.BatchStat``
-      (``nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))``, e.g. an Orbax tree).
+      (``nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))``, e.g. an Orbax
+      tree).
 
   Returns:
     ``{'params', 'batch_stats'}`` for ``net`` (see :func:`float_variables`).

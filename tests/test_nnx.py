@@ -1,9 +1,9 @@
 """jpq_jax.nnx: a plain Flax NNX ResNet-8 (and, slow, DS-CNN; tests/plain_nnx.py) converts to the
 same layer table, sharing groups, costs and float/search/fixed logits as the hand-written jpq model
-on the same weights; the search state is typed NNX variables (ArchLogits, Precision) that nnx.state and an
-nnx.Optimizer separate from the weights; freezing, the integer export and the refusals.
+on the same weights; the search state is typed NNX variables (ArchLogits, Precision) that nnx.state
+and an nnx.Optimizer separate from the weights; freezing, the integer export and the refusals.
 
-The ResNet-8 runs every mode in one nnx.jit (NNX side) and one jax.jit (reference), as
+The model pair runs every mode in one nnx.jit (NNX side) and one jax.jit (reference), as
 tests/test_convert.py does for Linen; the other tests use the small userpkg.nnx_nets.NnxTinyNet.
 """
 
@@ -90,7 +90,8 @@ def pair(request):
 
   out_nnx = run_nnx(fm, sm, xm, x)
   out_ref = jax.jit(run_ref)(fv, sv_ref, fx_ref, x)
-  return dict(name=request.param, user=user, x=x, fm=fm, fv=fv, sm0=sm0, sm=sm, xm=xm, ref=ref, t_net=t_net,
+  return dict(name=request.param, user=user, x=x, fm=fm, fv=fv, sm0=sm0, sm=sm, xm=xm, ref=ref,
+              t_net=t_net,
               t_ref=t_ref, gmap=gmap, inv=inv, sv_ref=sv_ref, fx_ref=fx_ref, out_nnx=out_nnx,
               out_ref=out_ref)
 
@@ -156,8 +157,8 @@ def test_float_mode_is_the_users_model_and_batch_stats_update(pair):
     np.testing.assert_allclose(stats[k]["BatchNorm_0"]["mean"], v["BatchNorm_0"]["mean"],
                                rtol=1e-5, atol=1e-6)
   first = pair["t_net"].layers[0].name
-  np.testing.assert_allclose(stats[first]["BatchNorm_0"]["var"], ref_stats[first]["BatchNorm_0"]["var"],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats[first]["BatchNorm_0"]["var"],
+                             ref_stats[first]["BatchNorm_0"]["var"], rtol=1e-5, atol=1e-6)
   assert not np.allclose(stats[first]["BatchNorm_0"]["mean"],
                          pair["fv"]["batch_stats"][first]["BatchNorm_0"]["mean"])
 

@@ -95,8 +95,9 @@ def test_nnx_model_example_runs(capsys):
   assert any(moved)
   assert set(nnx.to_pure_dict(nnx.state(fixed, jpq.nnx.Precision))) == {"precision"}
   assert ns["logits"].shape == (4, 10)
-  np.testing.assert_array_equal(np.argmax(ns["int_logits"], 1), np.argmax(np.asarray(ns["logits"]), 1))
-  np.testing.assert_allclose(ns["int_logits"], np.asarray(ns["logits"]), rtol=1e-4, atol=1e-4)
+  logits = np.asarray(ns["logits"])
+  np.testing.assert_array_equal(np.argmax(ns["int_logits"], 1), np.argmax(logits, 1))
+  np.testing.assert_allclose(ns["int_logits"], logits, rtol=1e-4, atol=1e-4)
   out = capsys.readouterr().out
   assert "ArchLogits" in out and "size (bits)" in out and "g_conv0" in out
 
