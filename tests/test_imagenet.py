@@ -66,6 +66,14 @@ def test_resnet50_all8_costs(table224):
   assert ref["ne16"] == pytest.approx(63_615_984, rel=1e-6)
 
 
+def test_inspect_model_resnet50(capsys):
+  from jpq_jax import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["inspect", "--model", "resnet50"]) == 0
+  out = capsys.readouterr().out
+  assert "layer4_0_downsample" in out and "g_layer4" in out
+  assert "204,023,296" in out  # size of the all-8-bit network, bits
+
+
 def test_resnet50_sharing_groups(table224):
   t = table224
   groups = {g.name: sorted(l.name for l in t.layers_of(g.name)) for g in t.groups
@@ -114,6 +122,79 @@ def test_resnet50_modes_and_input_normalisation():
   with pytest.raises(ValueError, match="input_mean and input_std"):
     ResNet50(input_std=None).init(jax.random.PRNGKey(0), img, jpq.Ctx.float())
   assert isinstance(get_model("resnet50", num_classes=5), ResNet50)
+
+
+def _torchvision_state_dict(num_classes, seed=0):
+  """Random weights under torchvision resnet50's names and PyTorch layouts (written out here, not
+  derived from jpq's model)."""
+  rng = np.random.default_rng(seed)
+  sd = {}
+
+  def conv(name, o, i, k):
+    sd[f"{name}.weight"] = rng.standard_normal((o, i, k, k), np.float32)
+
+  def bn(name, c):
+    sd[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    sd[f"{name}.bias"] = rng.standard_normal(c, np.float32)
+    sd[f"{name}.running_mean"] = rng.standard_normal(c, np.float32)
+    sd[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    sd[f"{name}.num_batches_tracked"] = np.asarray(7)
+
+  conv("conv1", 64, 3, 7)
+  bn("bn1", 64)
+  cin = 64
+  for s, (n, w) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), start=1):
+    for b in range(n):
+      p = f"layer{s}.{b}"
+      conv(f"{p}.conv1", w, cin, 1), bn(f"{p}.bn1", w)
+      conv(f"{p}.conv2", w, w, 3), bn(f"{p}.bn2", w)
+      conv(f"{p}.conv3", 4 * w, w, 1), bn(f"{p}.bn3", 4 * w)
+      if b == 0:
+        conv(f"{p}.downsample.0", 4 * w, cin, 1), bn(f"{p}.downsample.1", 4 * w)
+      cin = 4 * w
+  sd["fc.weight"] = rng.standard_normal((num_classes, 2048), np.float32)
+  sd["fc.bias"] = rng.standard_normal(num_classes, np.float32)
+  return sd
+
+
+def test_torchvision_weights_import(tmp_path):
+  from jpq_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  sd = _torchvision_state_dict(10)
+  v = resnet50_lib.torchvision_variables(sd, num_classes=10)
+  p, st = v["params"], v["batch_stats"]
+  # The stem conv computes what PyTorch's conv2d (cross-correlation, NCHW/OIHW) computes.
+  x = np.random.default_rng(1).standard_normal((1, 3, 9, 9)).astype(np.float32)
+  w = sd["conv1.weight"]
+  xp = np.pad(x, ((0, 0), (0, 0), (3, 3), (3, 3)))
+  ref = np.stack([np.stack([np.einsum("ihw,oihw->o", xp[0, :, 2 * r:2 * r + 7, 2 * c:2 * c + 7], w)
+                            for c in range(5)], -1) for r in range(5)], -2)  # (o, 5, 5)
+  got = jax.lax.conv_general_dilated(jnp.asarray(x.transpose(0, 2, 3, 1)), p["conv1"]["kernel"],
+                                     (2, 2), ((3, 3), (3, 3)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(np.asarray(got)[0].transpose(2, 0, 1), ref, rtol=1e-4, atol=1e-4)
+  f = np.random.default_rng(2).standard_normal((2, 2048)).astype(np.float32)
+  np.testing.assert_allclose(f @ p["fc"]["kernel"] + p["fc"]["bias"],
+                             f @ sd["fc.weight"].T + sd["fc.bias"], rtol=1e-5)
+  ds = p["layer2_0_downsample"]
+  np.testing.assert_array_equal(ds["BatchNorm_0"]["scale"], sd["layer2.0.downsample.1.weight"])
+  np.testing.assert_array_equal(st["layer3_5_conv2"]["BatchNorm_0"]["var"],
+                                sd["layer3.5.bn2.running_var"])
+  # Saved, they restore into the float model's template: the sweep's warmup.checkpoint.
+  checkpoint.save_tree(str(tmp_path / "warm"), v)
+  m = ResNet50(num_classes=10)
+  tmpl = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x, jpq.Ctx.float()),
+                        jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  back = checkpoint.load_tree(str(tmp_path / "warm"),
+                              {"params": tmpl["params"], "batch_stats": tmpl["batch_stats"]})
+  np.testing.assert_array_equal(np.asarray(back["params"]["layer4_2_conv3"]["kernel"]),
+                                sd["layer4.2.conv3.weight"].transpose(2, 3, 1, 0))
+  with pytest.raises(ValueError, match="needs"):
+    resnet50_lib.torchvision_variables(sd, num_classes=1000)
+  with pytest.raises(ValueError, match="no 'layer1.0.bn3.weight'"):
+    resnet50_lib.torchvision_variables({k: a for k, a in sd.items() if k != "layer1.0.bn3.weight"},
+                                       num_classes=10)
+  with pytest.raises(ValueError, match="unexpected entries.*layer4.3"):
+    resnet50_lib.torchvision_variables(dict(sd, **{"layer4.3.conv1.weight": w}), num_classes=10)
 
 
 def _apply_fresh(m, x, ctx):

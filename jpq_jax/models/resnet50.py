@@ -25,19 +25,26 @@ its data transform) before the network-input quantizer, which is the reference's
 8 bit with clips initialised at (-3, 3) (METHOD.md §3.3); the ``imagenet_resnet50`` config sets
 that search space. Normalising in the model keeps the data pipeline's contract (uint8 images
 scaled to [0, 1]) unchanged; the deployment export's input is then the normalised image.
+
+The reference starts from torchvision's pretrained ``IMAGENET1K_V2`` weights instead of a warm-up:
+:func:`torchvision_variables` converts such a state dict into this model's float variables, to be
+saved with :func:`jpq_jax.checkpoint.save_tree` and given to a sweep as ``warmup.checkpoint``.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jpq_jax import ops
 from jpq_jax.layers import Add, Conv, Ctx, Dense, Group, InputQuantizer, QTensor, SearchSpace
 
-__all__ = ["ResNet50", "IMAGENET_MEAN", "IMAGENET_STD", "STAGES", "reference_space"]
+__all__ = ["ResNet50", "IMAGENET_MEAN", "IMAGENET_STD", "STAGES", "reference_space",
+           "torchvision_variables"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -121,3 +128,90 @@ class ResNet50(nn.Module):
     h = h.map(ops.global_avg_pool).flatten()
     return Dense(self.num_classes, Group(self.num_classes, sp, output=True, name="g_out"),
                  kernel_init=_TORCH_LINEAR, name="fc")(h, ctx)
+
+
+def _torch_names(num_blocks=STAGES):
+  """``{(flax layer, flax conv name): (torchvision conv prefix, torchvision BN prefix)}``."""
+  out = {"conv1": ("conv1", "bn1")}
+  for si, (blocks, _) in enumerate(num_blocks):
+    for bi in range(blocks):
+      tv, jp = f"layer{si + 1}.{bi}", f"layer{si + 1}_{bi}"
+      for k in (1, 2, 3):
+        out[f"{jp}_conv{k}"] = (f"{tv}.conv{k}", f"{tv}.bn{k}")
+      if bi == 0:
+        out[f"{jp}_downsample"] = (f"{tv}.downsample.0", f"{tv}.downsample.1")
+  return out
+
+
+def torchvision_variables(state_dict: Mapping[str, Any], num_classes: int = 1000) -> Dict[str, Any]:
+  """torchvision ``resnet50`` weights as :class:`ResNet50`'s float variables.
+
+  Conv kernels go from PyTorch's ``(out, in, kh, kw)`` to Flax's ``(kh, kw, in, out)``, the fc
+  weight from ``(out, in)`` to ``(in, out)``; BatchNorm ``weight``/``bias`` become
+  ``scale``/``bias`` in ``params`` and ``running_mean``/``running_var`` become ``mean``/``var`` in
+  ``batch_stats`` (``num_batches_tracked`` is dropped). Both use the same BN epsilon (1e-5).
+
+  Usage (where torch and torchvision are installed; jpq does not need them)::
+
+    import torchvision
+    sd = torchvision.models.resnet50(weights="IMAGENET1K_V2").state_dict()
+    jpq_jax.checkpoint.save_tree("/data/resnet50_v2_warmup", torchvision_variables(sd))
+    # then: warmup.checkpoint=/data/resnet50_v2_warmup
+
+  Args:
+    state_dict: name -> array (numpy arrays, or torch tensors: anything with ``.numpy()`` or that
+      ``numpy.asarray`` takes).
+    num_classes: the classifier's outputs (must match ``fc.weight``).
+
+  Returns:
+    ``{'params': ..., 'batch_stats': ...}`` as nested dicts of float32 numpy arrays, shaped like
+    ``ResNet50(num_classes=num_classes).init(...)``'s.
+
+  Raises:
+    ValueError: a missing or unexpected entry, or an entry of the wrong shape (named).
+  """
+  def arr(name):
+    if name not in state_dict:
+      raise ValueError(f"torchvision_variables: the state dict has no {name!r} (not a torchvision "
+                       "resnet50 state dict?)")
+    v = state_dict[name]
+    if hasattr(v, "detach"):  # a torch tensor
+      v = v.detach().cpu().numpy()
+    return np.asarray(v, np.float32)
+
+  used = set()
+
+  def take(name):
+    used.add(name)
+    return arr(name)
+
+  params: Dict[str, Any] = {}
+  stats: Dict[str, Any] = {}
+  for flax_name, (conv, bn) in _torch_names().items():
+    params[flax_name] = {
+        "kernel": np.transpose(take(f"{conv}.weight"), (2, 3, 1, 0)),
+        "BatchNorm_0": {"scale": take(f"{bn}.weight"), "bias": take(f"{bn}.bias")}}
+    stats[flax_name] = {"BatchNorm_0": {"mean": take(f"{bn}.running_mean"),
+                                        "var": take(f"{bn}.running_var")}}
+    used.add(f"{bn}.num_batches_tracked")
+  params["fc"] = {"kernel": take("fc.weight").T, "bias": take("fc.bias")}
+  extra = sorted(set(state_dict) - used)
+  if extra:
+    raise ValueError(f"torchvision_variables: unexpected entries {extra[:5]} (not torchvision's "
+                     "resnet50?)")
+  out = {"params": params, "batch_stats": stats}
+  # Every shape must be the model's (a resnet101 state dict, say, or another class count).
+  want = jax.eval_shape(
+      lambda x: ResNet50(num_classes=num_classes).init(jax.random.PRNGKey(0), x, Ctx.float()),
+      jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  want = {"params": want["params"], "batch_stats": want["batch_stats"]}
+  if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(want):
+    raise ValueError("torchvision_variables: the converted tree does not have ResNet50's layers")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(out):
+    ref = want
+    for k in path:
+      ref = ref[k.key]
+    if tuple(leaf.shape) != tuple(ref.shape):
+      raise ValueError(f"torchvision_variables: {jax.tree_util.keystr(path)} has shape "
+                       f"{leaf.shape}, ResNet50(num_classes={num_classes}) needs {ref.shape}")
+  return out
