@@ -119,6 +119,9 @@ def test_resnet50_modes_and_input_normalisation():
     m.init(jax.random.PRNGKey(0), img, jpq.Ctx.float())
   want = (0.5 - np.asarray(resnet50_lib.IMAGENET_MEAN)) / np.asarray(resnet50_lib.IMAGENET_STD)
   np.testing.assert_allclose(seen.value.args[0][0, 0, 0], want, rtol=1e-6)
+  # An unsigned input quantizer would clip the normalised input's negative half: a warning.
+  with nn.intercept_methods(grab), pytest.raises(Seen), pytest.warns(UserWarning, match="signed"):
+    ResNet50(space=jpq.SearchSpace()).init(jax.random.PRNGKey(0), img, jpq.Ctx.search())
   with pytest.raises(ValueError, match="input_mean and input_std"):
     ResNet50(input_std=None).init(jax.random.PRNGKey(0), img, jpq.Ctx.float())
   assert isinstance(get_model("resnet50", num_classes=5), ResNet50)

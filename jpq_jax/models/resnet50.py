@@ -33,6 +33,7 @@ saved with :func:`jpq_jax.checkpoint.save_tree` and given to a sweep as ``warmup
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -101,6 +102,13 @@ class ResNet50(nn.Module):
         raise ValueError(f"ResNet50: input has {x.shape[-1]} channels but input_mean/input_std "
                          f"have {len(self.input_mean)}/{len(self.input_std)} values")
       x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(self.input_std, x.dtype)
+      if ctx.mode != "float" and not sp.input_signed:
+        # Not an error: a user may mean it. But an unsigned PACT clamps the normalised input
+        # (about [-2.1, 2.6]) to [0, clip], which silently discards half of every channel.
+        warnings.warn("ResNet50 normalises its input to about [-2.1, 2.6], but its input quantizer "
+                      "is unsigned and clips the negative values: use a signed one "
+                      "(model.input_signed=True, as jpq_jax.models.resnet50.reference_space())",
+                      stacklevel=2)
 
     def conv(f, k, g, name, s=1, pad=0, relu=False):
       # relu=True: the ReLU that follows the output quantizer (see Group.quantize).
