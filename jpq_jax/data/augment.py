@@ -127,12 +127,32 @@ def _random_resized_boxes(n: int, hw: tuple, rng: np.random.Generator) -> tuple:
   return top, left, ch, cw
 
 
+_POOL = (None, None)  # (process id, executor)
+
+
+def _pool():
+  """Threads for the per-image resizes (Pillow releases the GIL while it resizes), created once
+  per process (a forked child does not inherit the parent's threads)."""
+  global _POOL  # pylint: disable=global-statement
+  import os  # pylint: disable=import-outside-toplevel
+  if _POOL[0] != os.getpid():
+    import concurrent.futures  # pylint: disable=import-outside-toplevel
+    _POOL = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+        max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="jpq-augment"))
+  return _POOL[1]
+
+
 def _resized_crops(x: np.ndarray, params: dict) -> np.ndarray:
-  """Crops each image to its box and resizes it back to ``(H, W)`` (Pillow, bilinear), flipped."""
+  """Crops each image to its box and resizes it back to ``(H, W)`` (Pillow, bilinear), flipped.
+
+  The images are independent, so they are resized on a few threads (a 224-px batch of 128 takes
+  ~0.2 s on one core); the result does not depend on the thread count.
+  """
   from PIL import Image  # pylint: disable=import-outside-toplevel
   b, h, w, c = x.shape
   out = np.empty_like(x)
-  for i in range(b):
+
+  def one(i: int) -> None:
     box = (int(params["left"][i]), int(params["top"][i]),
            int(params["left"][i] + params["width"][i]), int(params["top"][i] + params["height"][i]))
     if x.dtype == np.uint8:
@@ -142,6 +162,9 @@ def _resized_crops(x: np.ndarray, params: dict) -> np.ndarray:
       res = np.stack([np.asarray(Image.fromarray(x[i, ..., k].astype(np.float32)).resize(
           (w, h), Image.BILINEAR, box=box)) for k in range(c)], axis=-1)
     out[i] = res[:, ::-1] if params["flip"][i] else res
+
+  for _ in _pool().map(one, range(b)):  # consumes the results, so a worker's error is raised
+    pass
   return out
 
 
