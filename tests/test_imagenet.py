@@ -274,6 +274,13 @@ def test_imagenet_folder_protocol(tmp_path):
   few = data.load("imagenet", data_dir=root, seed=3, image_size=16, val_fraction=0.2,
                   train_per_class=3)
   assert len(few.train) + len(few.val) == 9 and len(few.test) == 6
+  # The same folder as a zip under one wrapping directory gives the same arrays.
+  import shutil  # pylint: disable=import-outside-toplevel
+  zipped = shutil.make_archive(str(tmp_path / "ilsvrc"), "zip", str(tmp_path), "imagenet")
+  z = data.load("imagenet", data_dir=zipped, seed=3, image_size=16, val_fraction=0.2, workers=3)
+  for a, b in ((z.train, ds.train), (z.val, ds.val), (z.test, ds.test)):
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.y, b.y)
 
 
 def test_imagenet_folder_errors(tmp_path):

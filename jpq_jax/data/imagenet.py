@@ -109,15 +109,22 @@ class _Reader:
     self.path = path
     self.is_zip = zipfile.is_zipfile(path)
     self._local = threading.local()
+    self._opened = []
 
   def read(self, name: str) -> bytes:
     if self.is_zip:
       zf = getattr(self._local, "zf", None)
       if zf is None:
         zf = self._local.zf = zipfile.ZipFile(self.path)  # pylint: disable=consider-using-with
+        self._opened.append(zf)
       return zf.read(name)
     with open(os.path.join(self.path, name), "rb") as f:
       return f.read()
+
+  def close(self) -> None:
+    for zf in self._opened:
+      zf.close()
+    self._opened = []
 
 
 def _decode_all(reader: _Reader, names: list, resize: int, crop: int, workers: int) -> np.ndarray:
@@ -219,11 +226,14 @@ def load_imagenet(data_dir: Optional[str] = None, seed: int = 14, *, image_size:
     reader = _Reader(data_dir)
     n = workers or os.cpu_count() or 1
     big = eval_size(size)
-    return {
-        "train": _decode_all(reader, [train_names[i] for i in train_idx], size, size, n),
-        "val": _decode_all(reader, [train_names[i] for i in val_idx], big, size, n),
-        "test": _decode_all(reader, test_names, big, size, n),
-    }
+    try:
+      return {
+          "train": _decode_all(reader, [train_names[i] for i in train_idx], size, size, n),
+          "val": _decode_all(reader, [train_names[i] for i in val_idx], big, size, n),
+          "test": _decode_all(reader, test_names, big, size, n),
+      }
+    finally:
+      reader.close()
 
   labels = {"train": train_y[train_idx], "val": train_y[val_idx], "test": test_y}
   if use_cache:
