@@ -7,9 +7,9 @@ One command per benchmark (configs in ``experiments/configs/``)::
   python experiments/run_benchmark.py gsc_dscnn --data-dir /data/speech_commands
   python experiments/run_benchmark.py tinyimagenet_resnet18 --data-dir /data/tiny-imagenet-200.zip
   # ImageNet / ResNet-50, the paper's hardware-cost fronts, from the converted torchvision
-  # weights (see experiments/configs/imagenet_resnet50.py):
+  # weights saved as /data/resnet50_v2/warmup (see experiments/configs/imagenet_resnet50.py):
   python experiments/run_benchmark.py imagenet_resnet50 --data-dir /data/imagenet \\
-      --runs joint_mpic,joint_ne16 --set warmup.checkpoint=/data/resnet50_v2_warmup
+      --runs joint_mpic,joint_ne16 --warmup-from /data/resnet50_v2/warmup
 
   # Reduced protocol for a 2-core CPU (CIFAR-10 only; measured on seed 14: float warm-up 35 min,
   # joint 24 min, each fixed run 9-10 min; PIT -> MixPrec not yet timed under it; see
@@ -489,9 +489,6 @@ def main(argv=None) -> int:
   has_warmup = [r for r in ("joint",) + OPTIONAL_RUNS + FULL_RUNS
                 if os.path.isdir(os.path.join(wd, r, "warmup"))]
   owner = "joint" if "joint" in cfgs else (has_warmup[0] if has_warmup else order[0])
-  # A warm-up given to every run (--set warmup.checkpoint=..., e.g. ImageNet's converted
-  # pretrained ResNet-50) is read by each of them: no run trains one, so none has one to share.
-  given = {r: str(cfgs[r].warmup.checkpoint or "") for r in order}
   wall = {}
   t_start = time.time()
   for r in order:
@@ -503,7 +500,7 @@ def main(argv=None) -> int:
                  "warmup/ directory, a run directory holding one, or a work directory whose "
                  "joint run (or another run) holds one)")
       c.warmup.checkpoint = src
-    elif r != owner and not given[r]:
+    elif r != owner:
       c.warmup.checkpoint = os.path.abspath(os.path.join(wd, owner, "warmup"))
     t0 = time.time()
     print(f"== {r}: method={c.method} lambdas={tuple(c.sweep.lambdas)}", flush=True)

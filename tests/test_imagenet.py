@@ -2,6 +2,7 @@
 image-folder dataset and its augmentation, the config, the benchmark's hardware-cost runs, and (slow)
 a whole sweep on a tiny ImageNet-shaped folder."""
 
+import functools
 import importlib.util
 import io
 import os
@@ -182,12 +183,15 @@ def test_torchvision_weights_import(tmp_path):
   np.testing.assert_array_equal(ds["BatchNorm_0"]["scale"], sd["layer2.0.downsample.1.weight"])
   np.testing.assert_array_equal(st["layer3_5_conv2"]["BatchNorm_0"]["var"],
                                 sd["layer3.5.bn2.running_var"])
-  # Saved, they restore into the float model's template: the sweep's warmup.checkpoint.
-  checkpoint.save_tree(str(tmp_path / "warm"), v)
+  # Saved, they restore into the float model's template: the sweep's warmup.checkpoint, or, saved
+  # as <dir>/warmup, every benchmark run's with --warmup-from (none then trains a warm-up).
+  warm = tmp_path / "resnet50_v2" / "warmup"
+  checkpoint.save_tree(str(warm), v)
+  assert _run_benchmark().find_warmup(str(warm)) == str(warm)
   m = ResNet50(num_classes=10)
   tmpl = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x, jpq.Ctx.float()),
                         jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  back = checkpoint.load_tree(str(tmp_path / "warm"),
+  back = checkpoint.load_tree(str(warm),
                               {"params": tmpl["params"], "batch_stats": tmpl["batch_stats"]})
   np.testing.assert_array_equal(np.asarray(back["params"]["layer4_2_conv3"]["kernel"]),
                                 sd["layer4.2.conv3.weight"].transpose(2, 3, 1, 0))
@@ -336,7 +340,9 @@ def test_random_resized_crop_augmentation():
 
 # ---- config and benchmark ------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _run_benchmark():
+  # One module for the whole file: its all-8-bit costs cache then traces ResNet-50 once.
   spec = importlib.util.spec_from_file_location(
       "run_benchmark", os.path.join(ROOT, "experiments", "run_benchmark.py"))
   mod = importlib.util.module_from_spec(spec)
@@ -403,3 +409,4 @@ def test_imagenet_resnet50_sweep_smoke(tmp_path):
   # Costs of the argmax architecture are the 32-px network's, at most the all-8-bit size.
   assert 0 < m["costs_argmax"]["size"] <= 204_023_296
   assert set(m["costs_argmax"]) >= {"size", "mpic", "ne16"}
+

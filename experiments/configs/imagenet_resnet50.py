@@ -25,8 +25,8 @@ takes as the length of the search and of the fine-tuning (``search.epochs`` /
 
 Warm-up: the reference does not train one, it starts from torchvision's pretrained
 ``IMAGENET1K_V2`` weights. Converted with :func:`jpq_jax.models.resnet50.torchvision_variables`
-and saved with :func:`jpq_jax.checkpoint.save_tree`, they are the warm-up with
-``warmup.checkpoint=<dir>``. Without them this config trains the float model from scratch with
+and saved with :func:`jpq_jax.checkpoint.save_tree` as ``<dir>/warmup``, they are the warm-up
+with ``warmup.checkpoint=<dir>/warmup`` (``run_benchmark.py``: ``--warmup-from <dir>/warmup``). Without them this config trains the float model from scratch with
 torchvision's classic recipe (SGD lr 0.1, momentum 0.9, wd 1e-4, StepLR(30, 0.1), 90 epochs),
 which is jpq's choice, not the reference's.
 
@@ -45,9 +45,9 @@ Launch (an accelerator; one ImageNet epoch of ResNet-50 is ~4 GMACs x 3 x 1.15M 
 member)::
 
   python experiments/run_benchmark.py imagenet_resnet50 --data-dir /data/imagenet \\
-      --runs joint_mpic,joint_ne16 --set warmup.checkpoint=/data/resnet50_v2_warmup
+      --runs joint_mpic,joint_ne16 --warmup-from /data/resnet50_v2/warmup
   jpq sweep --config experiments/configs/imagenet_resnet50.py --workdir runs/imn_size \\
-      data.data_dir=/data/imagenet warmup.checkpoint=/data/resnet50_v2_warmup
+      data.data_dir=/data/imagenet warmup.checkpoint=/data/resnet50_v2/warmup
 """
 
 from jpq_jax.sweep import base_config

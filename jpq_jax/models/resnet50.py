@@ -163,8 +163,9 @@ def torchvision_variables(state_dict: Mapping[str, Any], num_classes: int = 1000
 
     import torchvision
     sd = torchvision.models.resnet50(weights="IMAGENET1K_V2").state_dict()
-    jpq_jax.checkpoint.save_tree("/data/resnet50_v2_warmup", torchvision_variables(sd))
-    # then: warmup.checkpoint=/data/resnet50_v2_warmup
+    jpq_jax.checkpoint.save_tree("/data/resnet50_v2/warmup", torchvision_variables(sd))
+    # then: a sweep's warmup.checkpoint=/data/resnet50_v2/warmup, or every run of
+    # experiments/run_benchmark.py imagenet_resnet50 with --warmup-from /data/resnet50_v2/warmup
 
   Args:
     state_dict: name -> array (numpy arrays, or torch tensors: anything with ``.numpy()`` or that
