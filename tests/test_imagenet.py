@@ -1,6 +1,6 @@
 """ImageNet / ResNet-50 (the paper's fourth experiment): the model's counts and sharing groups, the
-image-folder dataset and its augmentation, the config, the benchmark's hardware-cost runs, and (slow)
-a whole sweep on a tiny ImageNet-shaped folder."""
+image-folder dataset and its augmentation, the config, the benchmark's hardware-cost runs, and
+(slow) a whole sweep on a tiny ImageNet-shaped folder."""
 
 import functools
 import importlib.util

@@ -26,9 +26,10 @@ takes as the length of the search and of the fine-tuning (``search.epochs`` /
 Warm-up: the reference does not train one, it starts from torchvision's pretrained
 ``IMAGENET1K_V2`` weights. Converted with :func:`jpq_jax.models.resnet50.torchvision_variables`
 and saved with :func:`jpq_jax.checkpoint.save_tree` as ``<dir>/warmup``, they are the warm-up
-with ``warmup.checkpoint=<dir>/warmup`` (``run_benchmark.py``: ``--warmup-from <dir>/warmup``). Without them this config trains the float model from scratch with
-torchvision's classic recipe (SGD lr 0.1, momentum 0.9, wd 1e-4, StepLR(30, 0.1), 90 epochs),
-which is jpq's choice, not the reference's.
+with ``warmup.checkpoint=<dir>/warmup`` (``run_benchmark.py``: ``--warmup-from <dir>/warmup``).
+Without them this config trains the float model from scratch with torchvision's classic recipe
+(SGD lr 0.1, momentum 0.9, wd 1e-4, StepLR(30, 0.1), 90 epochs), which is jpq's choice, not the
+reference's.
 
 Lambdas: the size of the all-8-bit network is 204,023,296 bits (25,502,912 weights; ResNet-8's
 is 618,880), so lambda * size at the start of the search is 0.06 .. 2 for the lambdas below,

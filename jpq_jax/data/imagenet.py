@@ -215,8 +215,8 @@ def load_imagenet(data_dir: Optional[str] = None, seed: int = 14, *, image_size:
     raise DataError(f"imagenet: val_fraction must be in (0, 1), got {val_fraction}")
   # The same seeded partition as jpq_jax.data.cifar.image_protocol, drawn on the file list so
   # that the validation images get the evaluation transform and the training ones theirs.
-  val_idx, train_idx = seeded_partition(len(train_names), [int(round(val_fraction * len(train_names)))],
-                                        seed)
+  n_val = int(round(val_fraction * len(train_names)))
+  val_idx, train_idx = seeded_partition(len(train_names), [n_val], seed)
   if len(val_idx) == 0 or len(train_idx) == 0:
     raise DataError(f"imagenet: {len(train_names)} training images cannot be split with "
                     f"val_fraction={val_fraction} into non-empty train and validation splits")

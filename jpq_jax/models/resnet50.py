@@ -96,7 +96,8 @@ class ResNet50(nn.Module):
     if isinstance(x, QTensor):
       x = x.value
     if (self.input_mean is None) != (self.input_std is None):
-      raise ValueError("ResNet50: give both input_mean and input_std, or neither (no normalisation)")
+      raise ValueError("ResNet50: give both input_mean and input_std, or neither (no "
+                       "normalisation)")
     if self.input_mean is not None:
       if len(self.input_mean) != x.shape[-1] or len(self.input_std) != x.shape[-1]:
         raise ValueError(f"ResNet50: input has {x.shape[-1]} channels but input_mean/input_std "
