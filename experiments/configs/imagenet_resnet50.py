@@ -40,7 +40,10 @@ Data: ``data.name = "imagenet"`` reads an image folder or zip with ``train/<wnid
 ``val/<wnid>/*.JPEG`` into host memory (:mod:`jpq_jax.data.imagenet`: ~150 kB per image at
 224 px, so the full 1.28M images need ~190 GB; ``data.options.train_per_class=N`` keeps N per
 class). A prepared TFDS copy is ``data.name = "tfds:imagenet2012"`` with ``data.data_dir`` the
-TFDS data directory, where jpq's streaming TFDS source is available (issue 20).
+TFDS data directory, where jpq's streaming TFDS source is available (issue 20): give it
+``data.options.image_size=224`` and ``data.options.augment="imagenet"``, and no ``mean``/``std``
+(the model normalises; normalising twice would feed the network the wrong range). Its images
+are resized to 224 x 224 as a whole (aspect ratio not kept), not Resize 256 + CenterCrop 224.
 
 Launch (an accelerator; one ImageNet epoch of ResNet-50 is ~4 GMACs x 3 x 1.15M images per
 member)::
