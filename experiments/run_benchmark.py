@@ -6,6 +6,10 @@ One command per benchmark (configs in ``experiments/configs/``)::
   python experiments/run_benchmark.py cifar10_resnet8 --data-dir ../shared/data/cifar10-jpeg.zip
   python experiments/run_benchmark.py gsc_dscnn --data-dir /data/speech_commands
   python experiments/run_benchmark.py tinyimagenet_resnet18 --data-dir /data/tiny-imagenet-200.zip
+  # ImageNet / ResNet-50, the paper's hardware-cost fronts, from the converted torchvision
+  # weights saved as /data/resnet50_v2/warmup (see experiments/configs/imagenet_resnet50.py):
+  python experiments/run_benchmark.py imagenet_resnet50 --data-dir /data/imagenet \\
+      --runs joint_mpic,joint_ne16 --warmup-from /data/resnet50_v2/warmup
 
   # Reduced protocol for a 2-core CPU (CIFAR-10 only; measured on seed 14: float warm-up 35 min,
   # joint 24 min, each fixed run 9-10 min; PIT -> MixPrec not yet timed under it; see
@@ -214,10 +218,13 @@ def _all8_costs(cfg) -> Dict[str, float]:
   from jpq_jax import costs, sweep  # pylint: disable=import-outside-toplevel
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
   from jpq_jax.table import trace_table  # pylint: disable=import-outside-toplevel
+  # ImageNet's input size is its data.options.image_size (224 unless a reduced protocol sets it).
+  s = int((cfg.data.get("options") or {}).get("image_size", 224))
   shapes = {"cifar10": (32, 32, 3), "gsc": (49, 10, 1), "speech_commands": (49, 10, 1),
-            "tiny_imagenet": (64, 64, 3), "tinyimagenet": (64, 64, 3), "demo": (8, 8, 1)}
+            "tiny_imagenet": (64, 64, 3), "tinyimagenet": (64, 64, 3), "demo": (8, 8, 1),
+            "imagenet": (s, s, 3), "tfds:imagenet2012": (s, s, 3)}
   classes = {"cifar10": 10, "gsc": 12, "speech_commands": 12, "tiny_imagenet": 200,
-             "tinyimagenet": 200, "demo": 10}
+             "tinyimagenet": 200, "demo": 10, "imagenet": 1000, "tfds:imagenet2012": 1000}
   name = cfg.data.name
   model = get_model(cfg.model.name, sweep._space(cfg), classes.get(name, 10))  # pylint: disable=protected-access
   table = trace_table(model, jnp.zeros((1,) + shapes.get(name, (32, 32, 3))))

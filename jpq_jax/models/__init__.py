@@ -18,8 +18,9 @@ from jpq_jax.models.demo_ae import DemoAutoencoder
 from jpq_jax.models.dscnn import DSCNN
 from jpq_jax.models.resnet8 import ResNet8
 from jpq_jax.models.resnet18 import ResNet18
+from jpq_jax.models.resnet50 import ResNet50
 
-__all__ = ["DemoNet", "DemoAutoencoder", "DSCNN", "ResNet8", "ResNet18", "MODELS", "get_model",
+__all__ = ["DemoNet", "DemoAutoencoder", "DSCNN", "ResNet8", "ResNet18", "ResNet50", "MODELS", "get_model",
            "register_model", "model_factory", "canonical_name", "build_model"]
 
 MODELS: Dict[str, Callable] = {
@@ -27,6 +28,7 @@ MODELS: Dict[str, Callable] = {
     "resnet8": ResNet8,
     "dscnn": DSCNN,
     "resnet18": ResNet18,
+    "resnet50": ResNet50,
     "demo_ae": DemoAutoencoder,
 }
 
@@ -35,7 +37,8 @@ def get_model(name: str, space: SearchSpace = SearchSpace(), num_classes: int = 
   """Build a model by name.
 
   Args:
-    name: one of ``demo``, ``resnet8``, ``dscnn``, ``resnet18``, ``demo_ae`` (an autoencoder).
+    name: one of ``demo``, ``resnet8``, ``dscnn``, ``resnet18``, ``resnet50``, ``demo_ae`` (an
+      autoencoder).
     space: the search space (precision sets, quantizer settings).
     num_classes: classifier outputs.
 
