@@ -539,6 +539,8 @@ def main(argv=None) -> int:
   record.setdefault("invocations", []).append(
       {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
        "wall_s": wall, "total_wall_s": time.time() - t_start})
+  order_key = lambda r: (FULL_RUNS + OPTIONAL_RUNS).index(r) if r in FULL_RUNS + OPTIONAL_RUNS \
+      else len(FULL_RUNS + OPTIONAL_RUNS)
   record["runs"] = sorted(set(record.get("runs", [])) | set(order), key=order_key)
   record["protocol_settings"] = PROTOCOLS.get(args.protocol, "configs as given")
   with open(path, "w") as f:
