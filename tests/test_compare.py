@@ -99,11 +99,14 @@ def _write_sweep(tmp, name, pts, lambdas, config):
 def test_merge_runs_reads_two_sweeps_as_one_front(tmp_path):
   """A sweep extended later with larger lambdas: one front, the union of the members; the small
   end then reaches a cheap baseline's accuracy that the first sweep alone did not."""
-  cfg = {"method": "joint", "search": {"epochs": 6}, "sweep": {"seeds": [14]},
-         "warmup": {"checkpoint": "/a/warmup"}}
+  cfg = {"method": "joint", "search": {"epochs": 6},
+         "sweep": {"seeds": [14], "pareto_metric": "val_acc"}, "warmup": {"checkpoint": "/a/warmup"}}
   big = _write_sweep(tmp_path, "joint", [(8000, 0.86, 0.85), (4000, 0.85, 0.84)], (1e-6, 2e-6),
                      cfg)
-  cfg_b = dict(cfg, warmup={"checkpoint": "/b/warmup"})  # a warm-up read from elsewhere: allowed
+  # A warm-up read from elsewhere and the sweep's own front metric ("auto" since the tasks,
+  # "val_acc" before) may differ: the comparison chooses fronts on its own `select`.
+  cfg_b = dict(cfg, warmup={"checkpoint": "/b/warmup"},
+               sweep={"seeds": [14], "pareto_metric": "auto"})
   small = _write_sweep(tmp_path, "joint_small", [(1500, 0.80, 0.79), (900, 0.60, 0.61)],
                        (1.6e-5, 3.2e-5), cfg_b)
   w2 = _write_run(tmp_path, "w2a8", [(2000, 0.70)])
