@@ -18,9 +18,9 @@ def rb():
 
 
 def test_cpu_protocol_runs_and_settings(rb):
-  """``cpu`` is the fifth version: every run, the split of the 15 epochs after the warm-up, the
+  """``cpu`` is the sixth version: every run, the split of the 15 epochs after the warm-up, the
   selection window, the cosine last phase, the fixed runs' equal budget."""
-  assert rb.PROTOCOLS["cpu"] is rb.CPU_V5_PROTOCOL is rb.PROTOCOLS["cpu_v5"]
+  assert rb.PROTOCOLS["cpu"] is rb.CPU_V6_PROTOCOL is rb.PROTOCOLS["cpu_v6"]
   cfgs = rb.run_configs("cifar10_resnet8", "cpu", "/data/c10.zip")
   assert list(cfgs) == list(rb.CPU_PROTOCOL["runs"])
   j = cfgs["joint"]
