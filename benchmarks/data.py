@@ -172,7 +172,8 @@ def main():
   old = {r["px"]: r["images_per_s"] for r in rows if r["loader"] == "old"}
   for r in rows:
     r["vs_old"] = r["images_per_s"] / old[r["px"]]
-    print(f"{r['px']:>3} {r['loader']:<6} {str(r['workers'] if r['workers'] is not None else '-'):>7} "
+    workers = "-" if r["workers"] is None else str(r["workers"])
+    print(f"{r['px']:>3} {r['loader']:<6} {workers:>7} "
           f"{str(r['worker_type'] or '-'):<9} {r['images_per_s']:9.0f} {r['vs_old']:6.2f}")
   mem = memory(args.sizes_gb, args.tmp, args.rss_steps) if args.sizes_gb else []
   if mem:

@@ -6,10 +6,15 @@ One command per benchmark (configs in ``experiments/configs/``)::
   python experiments/run_benchmark.py cifar10_resnet8 --data-dir ../shared/data/cifar10-jpeg.zip
   python experiments/run_benchmark.py gsc_dscnn --data-dir /data/speech_commands
   python experiments/run_benchmark.py tinyimagenet_resnet18 --data-dir /data/tiny-imagenet-200.zip
+  # ImageNet / ResNet-50, the paper's hardware-cost fronts, from the converted torchvision
+  # weights saved as /data/resnet50_v2/warmup (see experiments/configs/imagenet_resnet50.py):
+  python experiments/run_benchmark.py imagenet_resnet50 --data-dir /data/imagenet \\
+      --runs joint_mpic,joint_ne16 --warmup-from /data/resnet50_v2/warmup
 
-  # Reduced protocol for a 2-core CPU (CIFAR-10 only; measured on seed 14: float warm-up 35 min,
-  # joint 24 min, each fixed run 9-10 min; PIT -> MixPrec not yet timed under it; see
-  # CPU_PROTOCOL and experiments/results/cifar10_cpu):
+  # Reduced protocol for a 2-core CPU (CIFAR-10 only; = cpu_v6; measured on seed 14, in parts:
+  # float warm-up 34-35 min (twice, under other load), joint 24 min, joint_small 23 min (loaded), each
+  # fixed run 9-11 min; PIT -> MixPrec not timed under v5/v6; see CPU_PROTOCOL and
+  # experiments/results/cifar10_cpu):
   python experiments/run_benchmark.py cifar10_resnet8 --protocol cpu \\
       --data-dir ../shared/data/cifar10-jpeg.zip --workdir experiments/results/cifar10_cpu
 
@@ -26,6 +31,11 @@ Runs (each a sweep in ``<workdir>/<run>``, all sharing the float warm-up of ``jo
   results.json holds every cost of every member);
 * ``joint_keepalive`` (only with ``--runs``): ``joint`` with ``model.keep_alive=1``, jpq's named
   improvement that keeps one channel of every group (see ``jpq_jax.SearchSpace.keep_alive``).
+* ``joint_small`` (``cpu_v6``): a second sweep of ``joint`` at the protocol's larger lambdas (the
+  small-size end); the size report merges it into the ``joint`` front.
+
+Runs that do not include ``joint`` (``--runs joint_small,pit_mixprec``) share the warm-up of the
+work directory's ``joint`` run when there is one, else of the first run given.
 
 Lambdas: the size lambdas of the config; for another cost they are rescaled so that lambda * cost
 of the all-8-bit network is the same as with the size cost (the cost scales differ by orders of
@@ -158,9 +168,6 @@ CPU_V5_PROTOCOL = dict(
     search_earlystop_start=4,
     search_runs_epochs={},
 )
-# The reduced CPU protocol (``--protocol cpu``) is the fifth version since 2026-12-02 (the one that
-# shows the paper's ordering, experiments/results/cifar10_cpu/README.md); ``cpu_v5`` names the
-# same settings (the records of the runs that chose it).
 # Sixth version (2026-12-07): v5 with the lambda grid extended to the small-size end (the fixed
 # w2a8 baseline is at 19.34 kB, v5's smallest member at 31 kB) by a second joint sweep,
 # ``joint_small`` (1.6e-5, 3.2e-5; keep-alive keeps every group alive at these strengths).
@@ -170,7 +177,10 @@ CPU_V6_PROTOCOL = dict(
     runs=("joint", "joint_small", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     small_lambdas=(1.6e-5, 3.2e-5),
 )
-CPU_PROTOCOL = CPU_V5_PROTOCOL
+# ``--protocol cpu`` is the sixth version since 2026-12-07 (the best found on this budget; what it
+# shows on two seeds is in experiments/results/cifar10_cpu/README.md); ``cpu_v6`` names the same
+# settings, ``cpu_v5`` the previous ones.
+CPU_PROTOCOL = CPU_V6_PROTOCOL
 SMOKE_PROTOCOL = {
     "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
     "data": {"train_size": 512, "val_size": 128, "test_size": 256},
@@ -209,10 +219,13 @@ def _all8_costs(cfg) -> Dict[str, float]:
   from jpq_jax import costs, sweep  # pylint: disable=import-outside-toplevel
   from jpq_jax.models import get_model  # pylint: disable=import-outside-toplevel
   from jpq_jax.table import trace_table  # pylint: disable=import-outside-toplevel
+  # ImageNet's input size is its data.options.image_size (224 unless a reduced protocol sets it).
+  s = int((cfg.data.get("options") or {}).get("image_size", 224))
   shapes = {"cifar10": (32, 32, 3), "gsc": (49, 10, 1), "speech_commands": (49, 10, 1),
-            "tiny_imagenet": (64, 64, 3), "tinyimagenet": (64, 64, 3), "demo": (8, 8, 1)}
+            "tiny_imagenet": (64, 64, 3), "tinyimagenet": (64, 64, 3), "demo": (8, 8, 1),
+            "imagenet": (s, s, 3), "tfds:imagenet2012": (s, s, 3)}
   classes = {"cifar10": 10, "gsc": 12, "speech_commands": 12, "tiny_imagenet": 200,
-             "tinyimagenet": 200, "demo": 10}
+             "tinyimagenet": 200, "demo": 10, "imagenet": 1000, "tfds:imagenet2012": 1000}
   name = cfg.data.name
   model = get_model(cfg.model.name, sweep._space(cfg), classes.get(name, 10))  # pylint: disable=protected-access
   table = trace_table(model, jnp.zeros((1,) + shapes.get(name, (32, 32, 3))))
@@ -256,7 +269,7 @@ def run_configs(bench: str, protocol: str, data_dir: str,
 
   Args:
     bench: config name in ``experiments/configs``.
-    protocol: ``full``, ``cpu`` (= ``cpu_v5``), ``cpu_v1`` .. ``cpu_v4`` (the earlier CPU
+    protocol: ``full``, ``cpu`` (= ``cpu_v6``), ``cpu_v1`` .. ``cpu_v5`` (the earlier CPU
       protocols, for ablations) or ``smoke``.
     data_dir: overrides ``data.data_dir`` when not empty.
     extra_runs: runs of the full protocol to add to a reduced one (e.g. ``joint_mpic``).
@@ -361,6 +374,23 @@ def run_configs(bench: str, protocol: str, data_dir: str,
   return cfgs
 
 
+def find_warmup(path: str):
+  """The float warm-up directory that ``--warmup-from path`` names, or None.
+
+  ``path`` is a ``warmup/`` directory, a run directory holding one, or a work directory whose
+  ``joint`` run (else another run, in the order of the runs) holds one.
+  """
+  path = os.path.abspath(path)
+  if os.path.basename(path) == "warmup" and os.path.isdir(path):
+    return path
+  if os.path.isdir(os.path.join(path, "warmup")):
+    return os.path.join(path, "warmup")
+  for r in ("joint",) + OPTIONAL_RUNS + FULL_RUNS:
+    if os.path.isdir(os.path.join(path, r, "warmup")):
+      return os.path.join(path, r, "warmup")
+  return None
+
+
 def _load(compare, name, path, cost, borrowed_from=""):
   run = compare.load_run(path, cost=cost)
   run.name = name if not borrowed_from else f"{name} ({os.path.basename(borrowed_from)})"
@@ -414,7 +444,7 @@ def main(argv=None) -> int:
   ap.add_argument("bench", help="config name in experiments/configs (e.g. cifar10_resnet8)")
   ap.add_argument("--protocol", choices=("full",) + tuple(PROTOCOLS), default="full",
                   help="full: the configs' reference schedules; cpu: the reduced 2-core CPU "
-                       "protocol (= cpu_v5); cpu_v1 .. cpu_v4: its earlier versions (ablations, "
+                       "protocol (= cpu_v6); cpu_v1 .. cpu_v5: its earlier versions (ablations, "
                        "experiments/results/cifar10_cpu); smoke: minutes, proves the pipeline runs")
   ap.add_argument("--data-dir", default="")
   ap.add_argument("--workdir", default="", help="default runs/bench_<bench>_<protocol>")
@@ -437,8 +467,9 @@ def main(argv=None) -> int:
                        "whose finished runs (not in this one) join the comparison, e.g. the "
                        "fixed baselines of the protocol a variant changes")
   ap.add_argument("--warmup-from", default="",
-                  help="reuse the float warm-up of another work directory's joint run "
-                       "(<dir>/joint/warmup) instead of training one (ablations of the search)")
+                  help="reuse the float warm-up of another work directory (its joint run's, else "
+                       "another run's), of a run directory or a warmup/ directory instead of "
+                       "training one (ablations of the search)")
   args = ap.parse_args(argv)
   from jpq_jax import compare, sweep  # pylint: disable=import-outside-toplevel
   wd = args.workdir or os.path.join("runs", f"bench_{args.bench}_{args.protocol}")
@@ -464,9 +495,11 @@ def main(argv=None) -> int:
   for r in order:
     c = cfgs[r]
     if args.warmup_from:
-      src = os.path.abspath(os.path.join(args.warmup_from, "joint", "warmup"))
-      if not os.path.isdir(src):
-        ap.error(f"--warmup-from: {src} does not exist (a finished warm-up of a joint run)")
+      src = find_warmup(args.warmup_from)
+      if src is None:
+        ap.error(f"--warmup-from: no warm-up in {os.path.abspath(args.warmup_from)} (a run's "
+                 "warmup/ directory, a run directory holding one, or a work directory whose "
+                 "joint run (or another run) holds one)")
       c.warmup.checkpoint = src
     elif r != owner:
       c.warmup.checkpoint = os.path.abspath(os.path.join(wd, owner, "warmup"))
@@ -507,6 +540,8 @@ def main(argv=None) -> int:
   record.setdefault("invocations", []).append(
       {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
        "wall_s": wall, "total_wall_s": time.time() - t_start})
+  order_key = lambda r: (FULL_RUNS + OPTIONAL_RUNS).index(r) if r in FULL_RUNS + OPTIONAL_RUNS \
+      else len(FULL_RUNS + OPTIONAL_RUNS)
   record["runs"] = sorted(set(record.get("runs", [])) | set(order), key=order_key)
   record["protocol_settings"] = PROTOCOLS.get(args.protocol, "configs as given")
   with open(path, "w") as f:

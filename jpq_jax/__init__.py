@@ -14,6 +14,8 @@ The public API, re-exported here:
 * tasks, the loss and metrics a sweep trains and selects on (:mod:`jpq_jax.tasks`);
 * automatic conversion of a plain Flax Linen model (:func:`searchable`, :func:`convert_variables`)
   and user models for the sweep (:func:`register_model`, or an import path in the config);
+* Flax NNX models (:mod:`jpq_jax.nnx`): :func:`nnx_searchable` makes an ``nnx.Module`` searchable,
+  with its search state as NNX variables (``jpq_jax.nnx.ArchLogits``, ``jpq_jax.nnx.Precision``);
 * :func:`compiler_options`: the XLA options jpq compiles its steps with (pass them to ``jax.jit``
   when you compile your own training step around jpq layers).
 """
@@ -23,8 +25,8 @@ import importlib as _importlib
 # Lazy: ``import jpq_jax`` is cheap (the ``jpq`` command's help, report and inspect start in well
 # under a second); JAX, Flax and Orbax load when a name that needs them is first used (PEP 562).
 _SUBMODULES = ("arch", "checkpoint", "choice", "compare", "compiler", "convert", "costs", "data",
-               "deploy", "export", "fold", "layers", "models", "ops", "pareto", "pit", "quant",
-               "sweep", "table", "tasks", "train")
+               "deploy", "export", "fold", "layers", "models", "nnx", "ops", "pareto", "pit",
+               "quant", "sweep", "table", "tasks", "train")
 _NAMES = {
     "GroupTheta": "arch", "freeze": "arch", "precision_summary": "arch", "thetas": "arch",
     "fold_batchnorm": "fold", "to_fixed": "fold", "to_search": "fold",
@@ -36,7 +38,7 @@ _NAMES = {
     "GroupRecord": "table", "LayerRecord": "table", "LayerTable": "table",
     "trace_table": "table",
     "ConversionError": "convert", "Searchable": "convert", "convert_variables": "convert",
-    "searchable": "convert", "register_model": "models",
+    "searchable": "convert", "register_model": "models", "nnx_searchable": "nnx",
 }
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "quant", "tasks", "thetas",
     "trace_table", "fold_batchnorm", "to_fixed", "to_search",
     "ConversionError", "Searchable", "convert_variables", "searchable", "register_model",
+    "nnx", "nnx_searchable",
 ]
 
 

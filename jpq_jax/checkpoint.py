@@ -623,12 +623,20 @@ def load_tree(path: str, target: Any = None) -> Any:
   return out
 
 
-def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]:
+def restore_member(workdir: str, member: int, as_nnx: Optional[bool] = None
+                   ) -> Tuple[Any, Dict[str, Any], Any]:
   """A finished sweep's member as a standalone fixed-architecture model.
+
+  A sweep of a Flax NNX model gives back an NNX module: ``model`` is then a fixed-mode
+  :class:`jpq_jax.nnx.Searchable` holding the member's variables (``model(x, jpq_jax.Ctx.fixed())``;
+  its Linen form is ``model.net``), and ``variables`` the same variables as Linen collections.
 
   Args:
     workdir: the sweep's work directory.
     member: member index (as in ``results.json``).
+    as_nnx: return the NNX module for an NNX model (default) or its Linen form (False: for code that
+      treats every model alike, e.g. :func:`jpq_jax.export.export_member`). True for a Linen model
+      is an error.
 
   Returns:
     ``(model, variables, table)``: the Flax model, ``{'params', 'precision'}`` for
@@ -642,6 +650,7 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
     FileNotFoundError: the sweep has not finished (no ``final`` checkpoint).
     IndexError: no such member.
     CheckpointCorruptError: ``final/`` is damaged (rerunning the sweep rebuilds it).
+    ValueError: ``as_nnx`` for a Linen model, or for a ``pit`` sweep.
   """
   # The sweep package's build module, not its driver (which imports this module).
   from jpq_jax.sweep import build  # pylint: disable=import-outside-toplevel
@@ -657,7 +666,14 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
     raise IndexError(f"member {member} out of range: the sweep has {n} members (0..{n - 1})")
   model, table, sample = build.build_model_from_config(cfg, results["num_classes"],
                                                        tuple(results["input_shape"]))
+  is_nnx = type(model).__name__ == "LinenNet" and type(model).__module__ == "jpq_jax.nnx"
+  if as_nnx and not is_nnx:
+    raise ValueError(f"restore_member: as_nnx=True, but the sweep's model "
+                     f"{cfg['model']['name']!r} is not a Flax NNX model")
   if results.get("method") == "pit":
+    if is_nnx and as_nnx is not False:
+      raise ValueError("restore_member: a pit sweep's members are float networks with masks; "
+                       "restore them with as_nnx=False (the Linen form)")
     return model, _pit_member(model, table, sample, final, n, member), table
   target = build.fixed_variables_template(model, sample, n)
   try:
@@ -666,6 +682,9 @@ def restore_member(workdir: str, member: int) -> Tuple[Any, Dict[str, Any], Any]
     raise CheckpointCorruptError(f"{e}; rerun `jpq sweep` with the same --workdir to rebuild "
                                  "final/ from the sweep's last checkpoint") from None
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x)[member], stacked)
+  if is_nnx and as_nnx is not False:
+    from jpq_jax import nnx as jpq_nnx  # pylint: disable=import-outside-toplevel
+    return jpq_nnx.Searchable.from_variables(model, variables, sample), variables, table
   return model, variables, table
 
 

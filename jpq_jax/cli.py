@@ -256,7 +256,8 @@ def _cmd_report(args, rest) -> int:
 
 
 _MODEL_SHAPES = {"demo": ((8, 8, 1), 10), "resnet8": ((32, 32, 3), 10),
-                 "dscnn": ((49, 10, 1), 12), "resnet18": ((64, 64, 3), 200)}
+                 "dscnn": ((49, 10, 1), 12), "resnet18": ((64, 64, 3), 200),
+                 "resnet50": ((224, 224, 3), 1000)}
 
 
 def _format_reference_costs(refs, classes: int) -> str:
@@ -285,9 +286,10 @@ def _cmd_inspect(args, rest) -> int:
       raise ValueError(f"unknown model {args.model!r}; available: {sorted(_MODEL_SHAPES)}")
     shape, classes = _MODEL_SHAPES[args.model]
     space = None
-    if args.model == "dscnn":
-      from jpq_jax.models import DSCNN  # pylint: disable=import-outside-toplevel
-      space = DSCNN.space
+    if args.model in ("dscnn", "resnet50"):
+      # Their reference spaces have a signed input quantizer (their class default), not get_model's.
+      from jpq_jax.models import MODELS  # pylint: disable=import-outside-toplevel
+      space = MODELS[args.model].space
     model = get_model(args.model, space, classes) if space else get_model(args.model,
                                                                           num_classes=classes)
     from jpq_jax.table import trace_table  # pylint: disable=import-outside-toplevel

@@ -161,8 +161,10 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: Optional[str] = N
 
 
 # Config fields that may differ between sweeps merged into one front: the display name, the
-# lambdas (what the sweeps split between them) and where the float warm-up was read from.
-_MERGE_FREE = ("name", "sweep.lambdas", "warmup.checkpoint")
+# lambdas (what the sweeps split between them), where the float warm-up was read from, and the
+# metric of the sweep's own front (``auto`` since the tasks, ``val_acc`` before: the comparison
+# chooses its fronts on its own ``select``, checked equal).
+_MERGE_FREE = ("name", "sweep.lambdas", "warmup.checkpoint", "sweep.pareto_metric")
 
 
 def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -191,16 +193,18 @@ def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
   A member's trajectory depends on its lambda and seed only (not on which sweep trains it), so
   sweeps of the same config over different lambdas are together one sweep over every lambda: a
   front extended later at its small-size end is read as one. The sweeps' ``config.json`` must
-  agree on every field both record except the name, ``sweep.lambdas`` and
-  ``warmup.checkpoint`` (the same warm-up trained again or read from elsewhere; that it is the
-  same is the caller's claim, e.g. a reproduced warm-up).
+  agree on every field both record except the name, ``sweep.lambdas``, ``sweep.pareto_metric``
+  (the fronts compared are chosen on ``select``, which must agree) and ``warmup.checkpoint`` (the
+  same warm-up trained again or read from elsewhere; that it is the same is the caller's claim,
+  e.g. a reproduced warm-up).
 
   Args:
     runs: the sweeps, each loaded with :func:`load_run` on the same cost and metric.
     name: the merged run's display name (default: the first run's).
 
   Returns:
-    A :class:`Run` whose points are every run's (each point's ``run`` names its sweep), whose
+    A :class:`Run` whose points are every run's (each point's ``run`` names its sweep's
+    directory), whose
     training time and per-phase times are the sums, and whose failed members add up.
 
   Raises:
@@ -227,12 +231,13 @@ def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
   seen = {}
   points = []
   for r in runs:
+    sweep = pathlib.Path(r.workdir).name
     for p in r.points:
       lam = p.get("lambda")
-      if lam is not None and lam in seen and seen[lam] != r.name:
-        raise ValueError(f"cannot merge: lambda {lam} is trained by {seen[lam]!r} and {r.name!r}")
-      seen[lam] = r.name
-      points.append(dict(p, run=r.name))
+      if lam is not None and lam in seen and seen[lam] != sweep:
+        raise ValueError(f"cannot merge: lambda {lam} is trained by {seen[lam]!r} and {sweep!r}")
+      seen[lam] = sweep
+      points.append(dict(p, run=sweep))
   times: Dict[str, float] = {}
   for r in runs:
     for k, v in (r.times or {}).items():

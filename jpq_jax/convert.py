@@ -395,6 +395,9 @@ def searchable(model: nn.Module, sample_input: Any, space: SearchSpace = SearchS
     ConversionError: an op or layer the conversion cannot handle (names module path and op).
   """
   if not isinstance(model, nn.Module):
+    if any(c.__module__.startswith("flax.nnx") for c in type(model).__mro__):
+      raise TypeError(f"searchable: {type(model).__name__} is a Flax NNX module; convert it with "
+                      "jpq_jax.nnx_searchable(model, sample_input, space)")
     raise TypeError(f"searchable: expected a flax.linen Module, got {type(model).__name__}")
   if isinstance(model, Searchable):
     raise TypeError("searchable: the model is already converted")

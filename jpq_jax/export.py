@@ -307,7 +307,7 @@ def export_member(workdir: str, member: int, out: Optional[str], allow_failed: b
         f"{workdir!r} is a 'pit' sweep: its members are float networks, and a bundle holds an "
         "integer (fixed-precision) network. Export the pit_mixprec run's members instead, or "
         "take the float model with jpq_jax.restore_member and jpq_jax.pit.prune_physically")
-  model, variables, table = restore_member(workdir, member)  # raises if the sweep is unfinished
+  model, variables, table = restore_member(workdir, member, as_nnx=False)  # raises if unfinished
   m = results["members"][member]
   if not allow_failed and not pareto.is_healthy(m):
     front = [r["member"] for r in pareto.front_of_results(results)]

@@ -78,3 +78,60 @@ def test_runs_of_different_tasks_are_not_compared(tmp_path):
   assert runs[0].task == {"dataset": "cifar10", "model": "resnet8"}
   with pytest.raises(ValueError, match="different datasets or models"):
     compare.iso_accuracy(runs[1], runs[0])
+
+
+def _write_sweep(tmp, name, pts, lambdas, config):
+  """A finished sweep with lambdas and a config.json (``pts``: (size bits, val acc, test acc))."""
+  d = tmp / name
+  d.mkdir()
+  members = [{"member": i, "lambda": lam, "failed": False, "status": "ok", "test_acc": t,
+              "val_acc": v, "costs_argmax": {"size": c}}
+             for i, ((c, v, t), lam) in enumerate(zip(pts, lambdas))]
+  (d / "results.json").write_text(json.dumps({
+      "name": name, "method": "joint", "pareto_cost": "size", "cost_units": {"size": "bits"},
+      "times_s": {"search": 10.0, "finetune": 5.0}, "members": members}))
+  cfg = json.loads(json.dumps(config))
+  cfg["name"], cfg["sweep"]["lambdas"] = name, list(lambdas)
+  (d / "config.json").write_text(json.dumps({"config": cfg}))
+  return str(d)
+
+
+def test_merge_runs_reads_two_sweeps_as_one_front(tmp_path):
+  """A sweep extended later with larger lambdas: one front, the union of the members; the small
+  end then reaches a cheap baseline's accuracy that the first sweep alone did not."""
+  cfg = {"method": "joint", "search": {"epochs": 6},
+         "sweep": {"seeds": [14], "pareto_metric": "val_acc"}, "warmup": {"checkpoint": "/a/warmup"}}
+  big = _write_sweep(tmp_path, "joint", [(8000, 0.86, 0.85), (4000, 0.85, 0.84)], (1e-6, 2e-6),
+                     cfg)
+  # A warm-up read from elsewhere and the sweep's own front metric ("auto" since the tasks,
+  # "val_acc" before) may differ: the comparison chooses fronts on its own `select`.
+  cfg_b = dict(cfg, warmup={"checkpoint": "/b/warmup"},
+               sweep={"seeds": [14], "pareto_metric": "auto"})
+  small = _write_sweep(tmp_path, "joint_small", [(1500, 0.80, 0.79), (900, 0.60, 0.61)],
+                       (1.6e-5, 3.2e-5), cfg_b)
+  w2 = _write_run(tmp_path, "w2a8", [(2000, 0.70)])
+  merged = compare.merge_runs([compare.load_run(big), compare.load_run(small)], name="joint")
+  assert merged.name == "joint" and len(merged.points) == 4
+  assert [p["cost"] for p in merged.front] == [900, 1500, 4000, 8000]
+  assert {p["run"] for p in merged.points} == {"joint", "joint_small"}
+  assert merged.train_time_s == 30.0 and merged.times == {"search": 20.0, "finetune": 10.0}
+  alone = compare.iso_accuracy(compare.load_run(big), compare.load_run(w2))
+  both = compare.iso_accuracy(merged, compare.load_run(w2))
+  assert alone["headline"]["reduction"] == 1 - 4000 / 2000  # the cheapest point of the big sweep
+  assert both["headline"]["reduction"] > 0  # interpolated between 900 (61%) and 1500 (79%)
+  comp = compare.compare_runs([merged, compare.load_run(w2)])
+  assert comp["runs"][0]["merged_from"] == [big, small]
+
+
+def test_merge_runs_refuses_other_configs_and_repeated_lambdas(tmp_path):
+  cfg = {"method": "joint", "search": {"epochs": 6}, "sweep": {"seeds": [14]}}
+  a = compare.load_run(_write_sweep(tmp_path, "a", [(8000, 0.86, 0.85)], (1e-6,), cfg))
+  other = dict(cfg, search={"epochs": 10})
+  b = compare.load_run(_write_sweep(tmp_path, "b", [(900, 0.6, 0.6)], (1.6e-5,), other))
+  with pytest.raises(ValueError, match="differ in search.epochs"):
+    compare.merge_runs([a, b])
+  c = compare.load_run(_write_sweep(tmp_path, "c", [(7000, 0.8, 0.8)], (1e-6,), cfg))
+  with pytest.raises(ValueError, match="lambda 1e-06 is trained by 'a' and 'c'"):
+    compare.merge_runs([a, c])
+  with pytest.raises(ValueError, match="no run"):
+    compare.merge_runs([])

@@ -1,4 +1,4 @@
-"""The grain loader, streamed sources, ``tfds:`` datasets and user pipelines, on tiny generated data."""
+"""The grain loader, streamed sources, ``tfds:`` datasets, user pipelines (tiny generated data)."""
 
 import io
 import subprocess
@@ -341,7 +341,8 @@ def test_user_dataset_from_grain_and_a_batch_stream():
 # --- the sweep's config ---------------------------------------------------------------------------
 
 def test_config_fields_are_checked():
-  from jpq_jax.sweep import ConfigError, demo_config, validate_config  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jpq_jax.sweep import ConfigError, demo_config, validate_config
   cfg = demo_config()
   assert (cfg.data.loader, cfg.data.workers, cfg.data.worker_type) == ("auto", 0, "threads")
   for field, value, match in (("loader", "torch", "data.loader"), ("workers", -1, "data.workers"),

@@ -79,6 +79,34 @@ def test_own_model_example_runs(capsys):
   assert "Conv_1" in capsys.readouterr().out
 
 
+def test_nnx_model_example_runs(capsys):
+  ns: dict = {}
+  exec(compile(_example("nnx-model"), "README.md:nnx-model", "exec"), ns)
+  import numpy as np
+  from flax import nnx
+  jpq, model, fixed = ns["jpq"], ns["model"], ns["fixed"]
+  table = fixed.table()
+  assert table.layer("conv0").w_group == table.layer("conv1").w_group
+  # Three steps moved the logits from their initial values; the optimizers kept their types apart.
+  init = ns["MyNnxNet"](rngs=nnx.Rngs(0))
+  start = jpq.nnx_searchable(init, ns["x"], jpq.SearchSpace()).to_search()
+  moved = [bool(np.any(np.asarray(a) != np.asarray(b))) for a, b in zip(
+      _leaves(model.variables()["arch"]), _leaves(start.variables()["arch"]))]
+  assert any(moved)
+  assert set(nnx.to_pure_dict(nnx.state(fixed, jpq.nnx.Precision))) == {"precision"}
+  assert ns["logits"].shape == (4, 10)
+  logits = np.asarray(ns["logits"])
+  np.testing.assert_array_equal(np.argmax(ns["int_logits"], 1), np.argmax(logits, 1))
+  np.testing.assert_allclose(ns["int_logits"], logits, rtol=1e-4, atol=1e-4)
+  out = capsys.readouterr().out
+  assert "ArchLogits" in out and "size (bits)" in out and "g_conv0" in out
+
+
+def _leaves(tree):
+  import jax
+  return jax.tree_util.tree_leaves(tree)
+
+
 def test_own_pipeline_example_runs(capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # the example's sweep writes runs/own-pipeline here
   ns: dict = {}

@@ -18,9 +18,9 @@ def rb():
 
 
 def test_cpu_protocol_runs_and_settings(rb):
-  """``cpu`` is the fifth version: every run, the split of the 15 epochs after the warm-up, the
+  """``cpu`` is the sixth version: every run, the split of the 15 epochs after the warm-up, the
   selection window, the cosine last phase, the fixed runs' equal budget."""
-  assert rb.PROTOCOLS["cpu"] is rb.CPU_V5_PROTOCOL is rb.PROTOCOLS["cpu_v5"]
+  assert rb.PROTOCOLS["cpu"] is rb.CPU_V6_PROTOCOL is rb.PROTOCOLS["cpu_v6"]
   cfgs = rb.run_configs("cifar10_resnet8", "cpu", "/data/c10.zip")
   assert list(cfgs) == list(rb.CPU_PROTOCOL["runs"])
   j = cfgs["joint"]
@@ -153,3 +153,65 @@ def test_candidate_protocols_and_overrides_win_over_the_selection_window(rb):
   assert j.finetune.schedule.kind == "cosine" and j.search.final_temperature == 0.01
   assert T.earlystop_start(j.search.epochs, j.train.earlystop_start) == 4
   assert v5["w8a8"].search.epochs == 15 and v5["w8a8"].search.schedule.kind == "cosine"
+
+
+def test_cpu_v6_adds_a_small_lambda_sweep_of_the_same_joint_config(rb):
+  """cpu_v6 is cpu_v5 plus ``joint_small``: the same config as ``joint`` but for its lambdas, so
+  the two sweeps' members are the members of one sweep (the report merges them)."""
+  cfgs = rb.run_configs("cifar10_resnet8", "cpu_v6", "")
+  assert list(cfgs) == ["joint", "joint_small", "w8a8", "w4a8", "w2a8", "pit_mixprec"]
+  j, s = cfgs["joint"].to_dict(), cfgs["joint_small"].to_dict()
+  assert tuple(j["sweep"].pop("lambdas")) == rb.CPU_V5_PROTOCOL["lambdas"]
+  assert tuple(s["sweep"].pop("lambdas")) == (1.6e-5, 3.2e-5)
+  assert s.pop("name").endswith("joint_small") and j.pop("name").endswith("_joint")
+  assert s == j
+  v5 = rb.run_configs("cifar10_resnet8", "cpu_v5", "")
+  for r in ("joint", "w8a8", "w2a8", "pit_mixprec"):  # everything else is v5's
+    assert cfgs[r].to_dict() == v5[r].to_dict(), r
+  with pytest.raises(ValueError, match="needs a protocol with small_lambdas"):
+    rb.run_configs("cifar10_resnet8", "cpu_v5", "", extra_runs=("joint_small",))
+
+
+def _finished(d, name, method, pts, lambdas, config=None):
+  import json  # pylint: disable=import-outside-toplevel
+  os.makedirs(d)
+  members = [{"member": i, "lambda": lam, "failed": False, "status": "ok", "test_acc": a,
+              "val_acc": a, "costs_argmax": {"size": c}}
+             for i, ((c, a), lam) in enumerate(zip(pts, lambdas))]
+  with open(os.path.join(d, "results.json"), "w") as f:
+    json.dump({"name": name, "method": method, "pareto_cost": "size",
+               "cost_units": {"size": "bits"}, "times_s": {"search": 1.0}, "members": members}, f)
+  if config is not None:
+    with open(os.path.join(d, "config.json"), "w") as f:
+      json.dump({"config": dict(config, name=name, sweep={"lambdas": list(lambdas)})}, f)
+
+
+def test_reports_merge_joint_small_into_the_joint_front(rb, tmp_path):
+  """A ``joint_small`` sweep of this work directory joins the ``joint`` front borrowed from
+  another one (--compare-with): one "joint" front in the report, its sweeps recorded."""
+  import json  # pylint: disable=import-outside-toplevel
+  cfg = {"method": "joint", "search": {"epochs": 6}}
+  wd, other = tmp_path / "v6", tmp_path / "v5"
+  _finished(str(other / "joint"), "j", "joint", [(600e3, 0.74), (250e3, 0.73)], (1e-6, 8e-6),
+            cfg)
+  _finished(str(other / "w2a8"), "w2", "fixed", [(155e3, 0.66)], (0.0,))
+  _finished(str(wd / "joint_small"), "js", "joint", [(150e3, 0.70)], (1.6e-5,), cfg)
+  rb.write_reports(str(wd), {"joint_small"}, {"joint": str(other / "joint"),
+                                              "w2a8": str(other / "w2a8")})
+  comp = json.loads((wd / "compare_size" / "compare.json").read_text())
+  assert [r["name"] for r in comp["runs"]] == ["joint", "w2a8 (v5)"]
+  assert comp["runs"][0]["n_points"] == 3 and len(comp["runs"][0]["merged_from"]) == 2
+  # Only the small sweep's 150 kbit point reaches w2a8's accuracy below its size.
+  assert comp["comparisons"][0]["headline"]["reduction"] > 0
+
+
+def test_warmup_from_finds_a_warmup(rb, tmp_path):
+  """--warmup-from: a warmup/ directory, a run directory or a work directory (joint first)."""
+  (tmp_path / "wd" / "joint_small" / "warmup").mkdir(parents=True)
+  want = str(tmp_path / "wd" / "joint_small" / "warmup")
+  assert rb.find_warmup(str(tmp_path / "wd")) == want
+  assert rb.find_warmup(str(tmp_path / "wd" / "joint_small")) == want
+  assert rb.find_warmup(want) == want
+  (tmp_path / "wd" / "joint" / "warmup").mkdir(parents=True)
+  assert rb.find_warmup(str(tmp_path / "wd")) == str(tmp_path / "wd" / "joint" / "warmup")
+  assert rb.find_warmup(str(tmp_path / "nothing")) is None

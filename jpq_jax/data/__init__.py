@@ -4,8 +4,8 @@ Public API:
 
 * :func:`load` -- a :class:`Dataset` (train/val/test splits plus the protocol metadata) for
   ``'demo'``/``'digits'``, ``'cifar10'``, ``'speech_commands'``, ``'tiny_imagenet'``,
-  ``'folder:<path>'`` (in host memory) or any prepared TFDS dataset ``'tfds:<builder>'``
-  (streamed);
+  ``'imagenet'`` (an image folder), ``'folder:<path>'`` (in host memory) or any prepared TFDS
+  dataset ``'tfds:<builder>'`` (streamed);
 * :class:`Loader` -- deterministic, sharded, prefetched batches of one in-memory split, with the
   training augmentation; :class:`GrainLoader` -- the same batches (bit for bit) from a grain
   pipeline with worker threads or processes, for in-memory and streamed splits
@@ -18,6 +18,7 @@ Public API:
 Submodules: :mod:`~jpq_jax.data.augment` (numpy augmentations), :mod:`~jpq_jax.data.mfcc` (speech
 features), :mod:`~jpq_jax.data.images` (image folders and zips), :mod:`~jpq_jax.data.cifar`,
 :mod:`~jpq_jax.data.speech`, :mod:`~jpq_jax.data.tiny_imagenet` (with its TFDS builder),
+:mod:`~jpq_jax.data.imagenet` (ILSVRC 2012 image folder),
 :mod:`~jpq_jax.data.digits`, :mod:`~jpq_jax.data.tfds_io`, :mod:`~jpq_jax.data.sources`
 (random-access sources), :mod:`~jpq_jax.data.transforms` (grain transforms),
 :mod:`~jpq_jax.data.grain_loader`, :mod:`~jpq_jax.data.pipelines`, :mod:`~jpq_jax.data.tfds_stream`.

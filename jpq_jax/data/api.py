@@ -7,6 +7,7 @@ from typing import Optional
 from jpq_jax.data.cifar import image_protocol, load_cifar10
 from jpq_jax.data.core import DataError, Dataset, Split, subset
 from jpq_jax.data.digits import load_digits
+from jpq_jax.data.imagenet import load_imagenet
 from jpq_jax.data.images import read_image_folder, stream_image_folder
 from jpq_jax.data.speech import load_speech_commands
 from jpq_jax.data.tfds_stream import load_tfds
@@ -14,8 +15,8 @@ from jpq_jax.data.tiny_imagenet import load_tiny_imagenet
 
 __all__ = ["load", "load_folder", "DATASETS"]
 
-DATASETS = ("demo", "digits", "cifar10", "speech_commands", "tiny_imagenet", "folder:<path>",
-            "tfds:<builder>[/<config>]")
+DATASETS = ("demo", "digits", "cifar10", "speech_commands", "tiny_imagenet", "imagenet",
+            "folder:<path>", "tfds:<builder>[/<config>]")
 
 _VAL_NAMES = ("val", "validation", "valid")
 
@@ -96,6 +97,9 @@ def load(name: str, *, data_dir: Optional[str] = None, seed: int = 14, **options
   * ``'tiny_imagenet'``: ``data_dir`` = the official zip / extracted directory, or a TFDS data
     directory prepared with :class:`jpq_jax.data.tiny_imagenet.TinyImagenet`. Options
     ``val_fraction``, ``download``.
+  * ``'imagenet'``: ``data_dir`` = an image folder or zip with ``train/<wnid>/`` and
+    ``val/<wnid>/`` (see :func:`jpq_jax.data.imagenet.load_imagenet`). Options ``image_size``,
+    ``val_fraction``, ``train_per_class``, ``workers``.
   * ``'folder:<path>'``: an image folder or zip ``<split>/<class>/<image>`` (see
     :func:`load_folder`; options ``val_fraction``, ``test_fraction``, ``image_size``,
     ``grayscale``, ``augment``, ``stream``: decode each image when it is read, for folders too
@@ -137,6 +141,8 @@ def load(name: str, *, data_dir: Optional[str] = None, seed: int = 14, **options
       ds = load_speech_commands(data_dir, seed, name=key, **options)
     elif key == "tiny_imagenet":
       ds = load_tiny_imagenet(data_dir, seed, **options)
+    elif key == "imagenet":
+      ds = load_imagenet(data_dir, seed, **options)
     elif key.startswith("folder:"):
       ds = load_folder(name[len("folder:"):], seed, **options)
     elif key.startswith("tfds:"):

@@ -147,7 +147,8 @@ def make_loader(split, batch_size: int, *, kind: str = "auto", workers: int = 0,
     ValueError: an unknown kind, or ``'numpy'`` for a split that is not in memory.
   """
   # Imported here: pipelines builds on the loader module, not the other way round.
-  from jpq_jax.data.pipelines import BatchStream, StreamLoader  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jpq_jax.data.pipelines import BatchStream, StreamLoader
   if kind not in LOADERS:
     raise ValueError(f"unknown loader {kind!r}; use one of {LOADERS}")
   if isinstance(split, BatchStream):

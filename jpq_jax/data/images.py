@@ -153,7 +153,8 @@ def stream_image_folder(path: str, *, image_size: Optional[int] = None, grayscal
     DatasetNotFoundError: the path does not exist.
     DataError: a zip, no images, or the class problems of :func:`read_image_folder`.
   """
-  from jpq_jax.data.sources import FileSource, SourceSplit  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jpq_jax.data.sources import FileSource, SourceSplit
   files, _ = list_image_folder(path)
   if not os.path.isdir(path):
     raise DataError(f"{path}: streaming reads image files from a directory; extract the zip "

@@ -1,4 +1,4 @@
-"""The user's own pipelines as a sweep's data: grain datasets, sources, or epoch -> batches factories.
+"""The user's own pipelines as a sweep's data: grain datasets, sources, epoch -> batches factories.
 
 :func:`user_dataset` builds a :class:`~jpq_jax.data.Dataset` from what the user has, per split:
 
@@ -227,8 +227,12 @@ def user_dataset(train, val, test, *, num_classes: int, input_shape: Optional[Se
             (("train", train), ("val", val), ("test", test))}
   if input_shape is None:
     tr = splits["train"]
-    input_shape = (tr.x.shape[1:] if isinstance(tr, Split) else
-                   tr.example_shape if isinstance(tr, SourceSplit) else tr.first_batch()[0].shape[1:])
+    if isinstance(tr, Split):
+      input_shape = tr.x.shape[1:]
+    elif isinstance(tr, SourceSplit):
+      input_shape = tr.example_shape
+    else:
+      input_shape = tr.first_batch()[0].shape[1:]
   return Dataset(name=name, train=splits["train"], val=splits["val"], test=splits["test"],
                  num_classes=int(num_classes), input_shape=tuple(input_shape),
                  class_weights=class_weights, augment=augment)

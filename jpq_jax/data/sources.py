@@ -228,7 +228,7 @@ class ArrayRecordImages:
 
 
 def write_array_record_images(path: str, x: np.ndarray, y: np.ndarray) -> None:
-  """Writes images and labels to a new array_record file, one record each (:class:`ArrayRecordImages`).
+  """Writes images and labels to a new array_record file (read by :class:`ArrayRecordImages`).
 
   Args:
     path: the array_record file to write.

@@ -1,4 +1,4 @@
-"""Any prepared TFDS dataset by name (``'tfds:<builder>[/<config>]'``), streamed, without TensorFlow.
+"""Any prepared TFDS dataset by name (``'tfds:<builder>[/<config>]'``), streamed, without TF.
 
 The splits are :class:`~jpq_jax.data.SourceSplit` over ``tfds.data_source`` (array_record, random
 access): nothing is read when the dataset is built but example 0 of each split (the checks), and

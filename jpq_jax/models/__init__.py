@@ -18,8 +18,9 @@ from jpq_jax.models.demo_ae import DemoAutoencoder
 from jpq_jax.models.dscnn import DSCNN
 from jpq_jax.models.resnet8 import ResNet8
 from jpq_jax.models.resnet18 import ResNet18
+from jpq_jax.models.resnet50 import ResNet50
 
-__all__ = ["DemoNet", "DemoAutoencoder", "DSCNN", "ResNet8", "ResNet18", "MODELS", "get_model",
+__all__ = ["DemoNet", "DemoAutoencoder", "DSCNN", "ResNet8", "ResNet18", "ResNet50", "MODELS", "get_model",
            "register_model", "model_factory", "canonical_name", "build_model"]
 
 MODELS: Dict[str, Callable] = {
@@ -27,6 +28,7 @@ MODELS: Dict[str, Callable] = {
     "resnet8": ResNet8,
     "dscnn": DSCNN,
     "resnet18": ResNet18,
+    "resnet50": ResNet50,
     "demo_ae": DemoAutoencoder,
 }
 
@@ -35,7 +37,8 @@ def get_model(name: str, space: SearchSpace = SearchSpace(), num_classes: int = 
   """Build a model by name.
 
   Args:
-    name: one of ``demo``, ``resnet8``, ``dscnn``, ``resnet18``, ``demo_ae`` (an autoencoder).
+    name: one of ``demo``, ``resnet8``, ``dscnn``, ``resnet18``, ``resnet50``, ``demo_ae`` (an
+      autoencoder).
     space: the search space (precision sets, quantizer settings).
     num_classes: classifier outputs.
 
@@ -129,7 +132,8 @@ def build_model(name: str, space: SearchSpace, num_classes: int, sample_input: A
     kwargs: the factory's keyword arguments (``model.kwargs`` of the config).
 
   Returns:
-    A jpq model (``model(x, ctx) -> QTensor``).
+    A jpq model (``model(x, ctx) -> QTensor``); a Flax NNX model is converted to its Linen form
+    (:class:`jpq_jax.nnx.LinenNet`), which the driver trains as any Linen jpq model.
 
   Raises:
     ValueError: unknown name, or a factory that does not return a Flax module.
@@ -144,7 +148,8 @@ def build_model(name: str, space: SearchSpace, num_classes: int, sample_input: A
     return get_model(name, space, num_classes)
   factory = model_factory(name)
   try:
-    params = inspect.signature(factory).parameters
+    # An NNX class's signature is its metaclass's (*args, **kwargs): read its __init__'s.
+    params = inspect.signature(factory.__init__ if _is_nnx_class(factory) else factory).parameters
   except (TypeError, ValueError):
     params = {}
   if "num_classes" in params and "num_classes" not in kwargs:
@@ -152,8 +157,27 @@ def build_model(name: str, space: SearchSpace, num_classes: int, sample_input: A
   jpq_style = isinstance(factory, type) and "space" in params
   if jpq_style:
     kwargs["space"] = space
+  nnx_class = _is_nnx_class(factory)
+  if nnx_class and "rngs" in params and "rngs" not in kwargs:
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    # The NNX model's own init is never used (the sweep's warm-up initialises the Linen form with
+    # its seed); a fixed stream only makes the construction deterministic.
+    kwargs["rngs"] = nnx.Rngs(0)
   model = factory(**kwargs)
+  if nnx_class or _is_nnx(model):
+    from jpq_jax import nnx as jpq_nnx  # pylint: disable=import-outside-toplevel
+    return jpq_nnx.searchable(model, sample_input, space).net
   if not isinstance(model, nn.Module):
     raise ValueError(f"model {name!r}: the factory returned {type(model).__name__}, not a "
-                     "flax.linen Module")
+                     "flax.linen or flax.nnx Module")
   return model if _is_jpq_model(model) else searchable(model, sample_input, space)
+
+
+def _is_nnx_class(obj: Any) -> bool:
+  """An ``nnx.Module`` subclass, told without importing flax.nnx when flax.nnx is not loaded."""
+  return isinstance(obj, type) and any(
+      c.__module__.startswith("flax.nnx") and c.__name__ == "Module" for c in obj.__mro__)
+
+
+def _is_nnx(obj: Any) -> bool:
+  return _is_nnx_class(type(obj))

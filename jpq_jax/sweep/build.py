@@ -165,7 +165,8 @@ def user_float_variables(model, path: str):
   Args:
     model: the converted model (:class:`jpq_jax.Searchable`).
     path: an Orbax tree of the user's model's ``{'params', 'batch_stats'}``
-      (:func:`jpq_jax.checkpoint.save_tree`).
+      (:func:`jpq_jax.checkpoint.save_tree`); for a Flax NNX model, its state as a pure dict
+      (``nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))``).
 
   Returns:
     ``{'params', 'batch_stats'}`` for the converted model (:func:`jpq_jax.convert_variables`).
@@ -179,6 +180,9 @@ def user_float_variables(model, path: str):
   if not isinstance(model, Searchable):
     raise _field_error("warmup.user_checkpoint", f"model {type(model).__name__} is a jpq model; "
                        "this field takes the variables of a plain Flax model")
+  if type(model).__module__ == "jpq_jax.nnx":
+    from jpq_jax import nnx as jpq_nnx  # pylint: disable=import-outside-toplevel
+    return jpq_nnx.float_variables_from_state(model, ckpt_lib.load_tree(path))
   return convert_variables(model, ckpt_lib.load_tree(path))
 
 
