@@ -39,7 +39,7 @@ def test_fast_cifar_augmentation_is_bit_exact(hw):
     np.testing.assert_array_equal(apply_cifar(x, p), augment_lib.apply(x, "cifar", p))
 
 
-@pytest.mark.parametrize("augment", [None, "cifar", "flip"])
+@pytest.mark.parametrize("augment", [None, "cifar", "flip", "imagenet"])
 def test_grain_matches_numpy_loader_for_any_worker_count(augment):
   split = _split()
   ref = data.Loader(split, 20, seed=3, shuffle=True, augment=augment, process_index=0,
