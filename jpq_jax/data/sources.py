@@ -105,10 +105,6 @@ class IndexedSource:
     """Example ``i`` of the subset."""
     return self.source[int(self.index[int(i)])]
 
-  def __getitems__(self, indices: Sequence[int]) -> list:
-    """Examples ``indices`` of the subset (read together when the source can)."""
-    return _read_many(self.source, [int(self.index[int(i)]) for i in indices])
-
 
 class TfdsSource:
   """One split of a prepared TFDS dataset, read through ``tfds.data_source`` (no TensorFlow).
@@ -154,20 +150,7 @@ class TfdsSource:
     Raises:
       DataError: the record has no such image or label key (the message lists its keys).
     """
-    return self._example(self._open()[int(i)])
-
-  def __getitems__(self, indices: Sequence[int]) -> list:
-    """Examples ``indices`` (TFDS reads their records together).
-
-    Args:
-      indices: example indices.
-
-    Returns:
-      A list of ``(image, label)``.
-    """
-    return [self._example(ex) for ex in self._open().__getitems__([int(i) for i in indices])]
-
-  def _example(self, ex) -> tuple:
+    ex = self._open()[int(i)]
     try:
       image, label = ex[self.image_key], ex[self.label_key]
     except KeyError as e:
@@ -209,20 +192,7 @@ class ArrayRecordImages:
 
   def __getitem__(self, i: int) -> tuple:
     """Example ``i`` as ``(uint8 image, int label)``."""
-    return self._example(self._open()[int(i)])
-
-  def __getitems__(self, indices: Sequence[int]) -> list:
-    """Examples ``indices`` (array_record reads their records together).
-
-    Args:
-      indices: example indices.
-
-    Returns:
-      A list of ``(image, label)``.
-    """
-    return [self._example(r) for r in self._open().__getitems__([int(i) for i in indices])]
-
-  def _example(self, rec: bytes) -> tuple:
+    rec = self._open()[int(i)]
     label = int(np.frombuffer(rec[:4], "<i4")[0])
     return np.frombuffer(rec[4:], np.uint8).reshape(self.shape), label
 
@@ -358,9 +328,9 @@ class SourceSplit:
     Raises:
       DataError: an example whose shape is not :attr:`example_shape` (a missing resize).
     """
-    index = np.asarray(index).tolist()
     images, labels = [], []
-    for j, (i, (image, label)) in enumerate(zip(index, _read_many(self.source, index))):
+    for j, i in enumerate(np.asarray(index).tolist()):
+      image, label = self.source[i]
       image = np.asarray(image)
       if transform is not None:
         image = np.asarray(transform(j, image))
@@ -398,14 +368,6 @@ class SourceSplit:
       self.gather(np.arange(1))  # the stored shape must be the example shape
     if not 0 <= int(label) < num_classes:
       raise DataError(f"{where}: label {int(label)} of example 0 out of range [0, {num_classes})")
-
-
-def _read_many(source, indices: list) -> list:
-  """``[source[i] for i in indices]``, in one call where the source reads several records at once
-  (``__getitems__``: TFDS and grain sources)."""
-  if hasattr(source, "__getitems__"):
-    return list(source.__getitems__(indices))
-  return [source[i] for i in indices]
 
 
 def _image_of(example) -> np.ndarray:
