@@ -9,8 +9,9 @@ Two measurements, in one run:
   loaders are run in turn, ``--repeats`` times, and the median is kept, so that a load that
   comes and goes on the machine hits them alike. Both loaders give the same batches (the tests
   check it bit for bit), so this compares only their speed.
-* **resident memory** (RSS before the first batch, and its peak sampled after every batch) of a
-  fresh process that streams ``--rss-steps`` shuffled batches of 64 px images through
+* **resident memory** (RSS before the first batch and its peak sampled after every batch; the
+  same for the process's own, anonymous, memory; the mapped files' pages at the end) of a fresh
+  process that streams ``--rss-steps`` shuffled batches of 64 px images through
   the grain loader (2 threads) from a generated array_record file of about 0.5 GB and of about
   4 GB (under ``--tmp``, deleted afterwards): flat if nothing but the current batches is held in
   memory. The numpy loader would hold the whole split (0.5 GB, 4 GB) in RAM.
@@ -115,18 +116,23 @@ def _child_rss(path: str, px: int, steps: int) -> None:
   split = data.SourceSplit(data.ArrayRecordImages([path], (px, px, 3)))
   loader = data.GrainLoader(split, BATCH, seed=0, shuffle=True, augment="cifar", process_index=0,
                             process_count=1, workers=2)
-  rss0 = _rss_mb()
-  peak = rss0
+  rss0, anon0 = _rss_mb(), _rss_mb("RssAnon")
+  peak, peak_anon = rss0, anon0
   t0 = time.perf_counter()
   n = 0
   for i, (_, y) in enumerate(loader.epoch(0)):
     n += len(y)
-    peak = max(peak, _rss_mb())
+    peak, peak_anon = max(peak, _rss_mb()), max(peak_anon, _rss_mb("RssAnon"))
     if i + 1 >= steps:
       break
   dt = time.perf_counter() - t0
+  # RssFile: pages of the mapped files (the data file's, reclaimable cache); RssAnon: the
+  # process's own memory, what would grow if the loader held the data.
   print(json.dumps({"images": len(split), "streamed": n, "images_per_s": n / dt,
                     "rss_before_mb": round(rss0, 1), "peak_rss_streaming_mb": round(peak, 1),
+                    "anon_before_mb": round(anon0, 1),
+                    "peak_anon_streaming_mb": round(peak_anon, 1),
+                    "rss_file_end_mb": round(_rss_mb("RssFile"), 1),
                     "hwm_mb": round(_rss_mb("VmHWM"), 1)}))
 
 
@@ -178,11 +184,13 @@ def main():
   mem = memory(args.sizes_gb, args.tmp, args.rss_steps) if args.sizes_gb else []
   if mem:
     print(f"\n{'dataset GB':>10} {'images':>8} {'streamed':>8} {'images/s':>9} "
-          f"{'RSS before MB':>13} {'peak RSS streaming MB':>21}")
+          f"{'RSS before MB':>13} {'peak RSS MB':>11} {'anon before':>11} {'peak anon':>9} "
+          f"{'file at end':>11}")
     for m in mem:
       print(f"{m['dataset_gb']:10.2f} {m['images']:8d} {m['streamed']:8d} "
             f"{m['images_per_s']:9.0f} {m['rss_before_mb']:13.0f} "
-            f"{m['peak_rss_streaming_mb']:21.0f}")
+            f"{m['peak_rss_streaming_mb']:11.0f} {m['anon_before_mb']:11.0f} "
+            f"{m['peak_anon_streaming_mb']:9.0f} {m['rss_file_end_mb']:11.0f}")
   load_after = os.getloadavg()
 
   def ratio(px, workers, wtype="threads"):
