@@ -12,8 +12,8 @@ One command per benchmark (configs in ``experiments/configs/``)::
       --runs joint_mpic,joint_ne16 --warmup-from /data/resnet50_v2/warmup
 
   # Reduced protocol for a 2-core CPU (CIFAR-10 only; = cpu_v6; measured on seed 14, in parts:
-  # float warm-up 34-35 min (twice, under other load), joint 24 min, joint_small 23 min (loaded), each
-  # fixed run 9-11 min; PIT -> MixPrec not timed under v5/v6; see CPU_PROTOCOL and
+  # float warm-up 34-35 min (twice, under other load), joint 24 min, joint_small 23 min (under
+  # load), each fixed run 9-11 min; PIT -> MixPrec not timed under v5/v6; see CPU_PROTOCOL and
   # experiments/results/cifar10_cpu):
   python experiments/run_benchmark.py cifar10_resnet8 --protocol cpu \\
       --data-dir ../shared/data/cifar10-jpeg.zip --workdir experiments/results/cifar10_cpu
