@@ -106,7 +106,17 @@ class IndexedSource:
     return self.source[int(self.index[int(i)])]
 
 
-class TfdsSource:
+class _ReopenedOnUnpickle:
+  """A source whose open reader (``self._source``) is not pickled: a grain worker process
+  re-opens the files on first use instead of receiving a file handle."""
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+
+class TfdsSource(_ReopenedOnUnpickle):
   """One split of a prepared TFDS dataset, read through ``tfds.data_source`` (no TensorFlow).
 
   Args:
@@ -132,11 +142,6 @@ class TfdsSource:
                                       download=False)
     return self._source
 
-  def __getstate__(self):
-    # The open reader stays behind: a worker process re-opens the files on first use.
-    state = dict(self.__dict__)
-    state["_source"] = None
-    return state
 
   def __len__(self) -> int:
     """Number of examples."""
@@ -159,7 +164,7 @@ class TfdsSource:
     return resize_image(image, self.image_size), int(label)
 
 
-class ArrayRecordImages:
+class ArrayRecordImages(_ReopenedOnUnpickle):
   """Raw images with labels in array_record files (see :func:`write_array_record_images`).
 
   Each record is the label (int32, little endian) followed by the image's ``H*W*C`` bytes.
@@ -181,10 +186,6 @@ class ArrayRecordImages:
       self._source = grain.sources.ArrayRecordDataSource(self.paths)
     return self._source
 
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_source"] = None
-    return state
 
   def __len__(self) -> int:
     """Number of examples."""
