@@ -182,7 +182,8 @@ CPU_V6_PROTOCOL = dict(
 # settings, ``cpu_v5`` the previous ones.
 CPU_PROTOCOL = CPU_V6_PROTOCOL
 SMOKE_PROTOCOL = {
-    "runs": ("joint", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
+    "runs": ("joint", "joint_small", "w8a8", "w4a8", "w2a8", "pit_mixprec"),
+    "small_lambdas": (1e-4,),  # the cpu protocol's second joint sweep, merged into its front
     "data": {"train_size": 512, "val_size": 128, "test_size": 256},
     "epochs": {"warmup": 1, "search": 1, "finetune": 1, "pit.search": 1, "pit.finetune": 1},
     "fixed_search_epochs": 2,

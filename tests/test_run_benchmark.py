@@ -215,3 +215,32 @@ def test_warmup_from_finds_a_warmup(rb, tmp_path):
   (tmp_path / "wd" / "joint" / "warmup").mkdir(parents=True)
   assert rb.find_warmup(str(tmp_path / "wd")) == str(tmp_path / "wd" / "joint" / "warmup")
   assert rb.find_warmup(str(tmp_path / "nothing")) is None
+
+
+CIFAR_ZIP = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.zip")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CIFAR_ZIP), reason="shared/data/cifar10-jpeg.zip absent")
+def test_smoke_protocol_end_to_end(rb, tmp_path):
+  """``--protocol smoke`` on the real CIFAR-10 copy: every run of the protocol trains from one
+  shared warm-up, ``joint_small`` joins the joint front, and the size report compares it with
+  every baseline; a rerun reads the finished runs back and appends its invocation."""
+  import json  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "smoke")
+  argv = ["cifar10_resnet8", "--protocol", "smoke", "--data-dir", CIFAR_ZIP, "--workdir", wd]
+  assert rb.main(argv) == 0
+  for r in rb.SMOKE_PROTOCOL["runs"]:
+    assert os.path.exists(os.path.join(wd, r, "results.json")), r
+    cfg = json.load(open(os.path.join(wd, r, "config.json")))["config"]
+    # One float warm-up, trained by the joint run and read by every other run.
+    assert cfg["warmup"]["checkpoint"] == ("" if r == "joint" else
+                                           os.path.abspath(os.path.join(wd, "joint", "warmup")))
+  comp = json.load(open(os.path.join(wd, "compare_size", "compare.json")))
+  names = [r["name"] for r in comp["runs"]]
+  assert names[0] == "joint" and "joint_small" not in names
+  assert {"w8a8", "w4a8", "w2a8", "pit_mixprec"} <= set(names)
+  joint = comp["runs"][0]
+  assert len(joint["merged_from"]) == 2 and joint["n_points"] + joint["failed"] == 3
+  assert rb.main(argv) == 0  # finished runs are read back
+  assert len(json.load(open(os.path.join(wd, "benchmark.json")))["invocations"]) == 2
