@@ -7,8 +7,6 @@ The model pair runs every mode in one nnx.jit (NNX side) and one jax.jit (refere
 tests/test_convert.py does for Linen; the other tests use the small userpkg.nnx_nets.NnxTinyNet.
 """
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,7 +20,7 @@ from jpq_jax import costs, export
 from jpq_jax import nnx as jnnx
 from jpq_jax.models import DSCNN, ResNet8
 from plain_nnx import NnxDSCNN, NnxResNet8
-from test_convert import _group_map, _rename
+from test_convert import _assert_same_table_and_groups, _group_map, _rename
 from test_export import _assert_reproduces
 from userpkg.nnx_nets import NnxTinyNet
 
@@ -97,21 +95,7 @@ def pair(request):
 
 
 def test_table_and_sharing_groups_equal(pair):
-  t_net, t_ref, gmap = pair["t_net"], pair["t_ref"], pair["gmap"]
-  assert [l.name for l in t_net.layers] == [l.name for l in t_ref.layers]
-  for a, b in zip(t_net.layers, t_ref.layers):
-    a = dataclasses.replace(a, w_group=gmap[a.w_group], in_group=gmap[a.in_group])
-    assert a == b, (a, b)
-  assert len(t_net.groups) == len(t_ref.groups)
-  for g in t_net.groups:
-    h = t_ref.group(gmap[g.name])
-    assert dataclasses.replace(g, name=h.name, path=h.path) == h
-  parts = sorted(sorted(l.name for l in t_net.layers_of(g.name)) for g in t_net.searchable_groups)
-  if pair["name"] == "resnet8":
-    assert ["conv1", "inputblock_conv1"] in parts and ["conv2x", "conv2y"] in parts
-    assert ["conv3x", "conv3y"] in parts and len(parts) == 7
-  else:
-    assert ["depthwise1", "inputlayer"] in parts and ["pointwise4"] in parts and len(parts) == 6
+  _assert_same_table_and_groups(pair)
 
 
 def test_every_cost_model_equal(pair):
