@@ -430,9 +430,7 @@ def write_reports(wd: str, finished, borrowed: Dict[str, str]) -> None:
                       os.path.dirname(paths[r]) if r in borrowed and r not in finished else "")
     for part, whole in MERGED_INTO.items():
       if part in runs and whole in runs:
-        merged = compare.merge_runs([runs[whole], runs[part]], name=whole)
-        runs[whole] = merged
-        del runs[part]
+        runs[whole] = compare.merge_runs([runs[whole], runs.pop(part)], name=whole)
     if len(runs) < 2:
       print(f"(compare_{cost}: only {list(runs)} finished; nothing to compare yet)")
       continue
@@ -488,9 +486,11 @@ def main(argv=None) -> int:
   # The shared float warm-up (METHOD.md §7.2): --warmup-from's, else the joint run's, else that
   # of a run of this work directory that has one (a run added later), else trained by the first
   # run of this invocation and read by the others.
-  has_warmup = [r for r in ("joint",) + OPTIONAL_RUNS + FULL_RUNS
-                if os.path.isdir(os.path.join(wd, r, "warmup"))]
-  owner = "joint" if "joint" in cfgs else (has_warmup[0] if has_warmup else order[0])
+  owner = "joint" if "joint" in cfgs else None
+  shared = None if owner else find_warmup(wd)
+  if shared is None:
+    owner = owner or order[0]
+    shared = os.path.abspath(os.path.join(wd, owner, "warmup"))
   wall = {}
   t_start = time.time()
   for r in order:
@@ -503,7 +503,7 @@ def main(argv=None) -> int:
                  "joint run (or another run) holds one)")
       c.warmup.checkpoint = src
     elif r != owner:
-      c.warmup.checkpoint = os.path.abspath(os.path.join(wd, owner, "warmup"))
+      c.warmup.checkpoint = shared
     t0 = time.time()
     print(f"== {r}: method={c.method} lambdas={tuple(c.sweep.lambdas)}", flush=True)
     try:

@@ -358,18 +358,17 @@ def validate_config(cfg: ml_collections.ConfigDict, workdir: Optional[str] = Non
       # {"kind": "cosine"}``, which drops the default's ``gamma``) lacks those keys on this side
       # too, and an absent key means its default on either side (before 2026-12-02 only the saved
       # side was filled, so such a run could not be resumed or read back with its own config).
-      defaults = json.loads(base_config().to_json_best_effort())
-      old = _fill_defaults(old, defaults)
-      new = _fill_defaults(json.loads(cfg.to_json_best_effort()), defaults)
+      new = json.loads(cfg.to_json_best_effort())
       # ``distributed`` describes how a run is launched, not what it computes (process_id even
       # differs between the processes of one run); the strategy, the data axis of the mesh, the
       # evaluation batch, rematerialisation, the XLA options and the form of the activation
       # mixture change only float32 rounding, and a preempted run may resume on other devices
       # (its member padding is rebuilt) with its data mounted elsewhere. Both loaders give the same
       # batches (data.loader, data.workers, data.worker_type change only the speed).
-      diff = _first_diff(_canonical(old), _canonical(new), ignore=RESUME_MAY_CHANGE)
+      diff = config_difference(old, new, ignore=RESUME_MAY_CHANGE)
       if diff is not None:
-        was, now = _at(old, diff), _at(new, diff)
+        was, now = diff[1], diff[2]
+        diff = diff[0]
         raise _field_error(diff, f"the work directory {workdir!r} holds another run (its config "
                            f"differs at {diff!r}: the run has {was!r}, this config {now!r}); use a "
                            "new --workdir or the same config to resume")
@@ -386,6 +385,28 @@ RESUME_MAY_CHANGE = ("sweep.strategy", "sweep.data_devices", "sweep.xla_options"
                      "sweep.checkpoint_keep", "sweep.pareto_metric",
                      "train.eval_batch_size", "train.remat", "data.data_dir", "debug",
                      "distributed", "data.loader", "data.workers", "data.worker_type")
+
+
+def config_difference(a: dict, b: dict, ignore: Tuple[str, ...] = ()) -> Optional[Tuple[str, Any, Any]]:
+  """Where two recorded configs (``config.json``'s ``config``) compute different runs.
+
+  An absent key means its default on either side (a field added after a run started is what the
+  run computed, and a config that replaced a whole group, e.g. ``finetune.schedule = {"kind":
+  "cosine"}``, lacks the default's other keys), and ``train.monitor = 'auto'`` reads as the
+  metric it means. Used by the resume check and by :func:`jpq_jax.compare.merge_runs`.
+
+  Args:
+    a, b: the two configs as nested dicts.
+    ignore: dotted fields (or groups) that may differ.
+
+  Returns:
+    None when they agree outside ``ignore``, else ``(dotted field, value in a, value in b)`` of
+    the first difference in sorted order.
+  """
+  defaults = json.loads(base_config().to_json_best_effort())
+  a, b = _fill_defaults(a, defaults), _fill_defaults(b, defaults)
+  diff = _first_diff(_canonical(a), _canonical(b), ignore=ignore)
+  return None if diff is None else (diff, _at(a, diff), _at(b, diff))
 
 
 def _holds_work(workdir: str) -> bool:
