@@ -160,12 +160,11 @@ def load_run(workdir: str, cost: Optional[str] = None, metric: Optional[str] = N
              select_label=metric_label(res, select, unit=False), metric_name=info["label"])
 
 
-# Config fields that may differ between sweeps merged into one front, besides those a resumed run
-# may change (``jpq_jax.sweep.validation.RESUME_MAY_CHANGE``: rounding, launch and speed only,
-# and the sweep's own front metric, the comparison choosing its fronts on ``select``, checked
-# equal): the display name, the lambdas (what the sweeps split between them) and where the float
-# warm-up was read from.
-_MERGE_FREE = ("name", "sweep.lambdas", "warmup.checkpoint")
+# Config fields that may differ between sweeps merged into one front: the display name, the
+# lambdas (what the sweeps split between them), where the float warm-up was read from, and the
+# metric of the sweep's own front (``auto`` since the tasks, ``val_acc`` before: the comparison
+# chooses its fronts on its own ``select``, checked equal).
+_MERGE_FREE = ("name", "sweep.lambdas", "warmup.checkpoint", "sweep.pareto_metric")
 
 
 def _sweep_config(workdir: str) -> Optional[Dict[str, Any]]:
@@ -183,10 +182,11 @@ def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
   A member's trajectory depends on its lambda and seed only (not on which sweep trains it), so
   sweeps of the same config over different lambdas are together one sweep over every lambda: a
   front extended later at its small-size end is read as one. The sweeps' ``config.json`` must
-  describe the same run (:func:`jpq_jax.sweep.validation.config_difference`: absent keys are
-  their defaults) except for the fields a resumed run may change, the name, ``sweep.lambdas``
-  and ``warmup.checkpoint`` (the same warm-up trained again or read from elsewhere; that it is
-  the same is the caller's claim, e.g. a reproduced warm-up).
+  agree (:func:`jpq_jax.sweep.validation.config_difference`, the resume check's comparison:
+  absent keys are their defaults) on every field except the name, ``sweep.lambdas``,
+  ``sweep.pareto_metric`` (the fronts compared are chosen on ``select``, which must agree) and
+  ``warmup.checkpoint`` (the same warm-up trained again or read from elsewhere; that it is the
+  same is the caller's claim, e.g. a reproduced warm-up).
 
   Args:
     runs: the sweeps, each loaded with :func:`load_run` on the same cost and metric.
@@ -213,8 +213,8 @@ def merge_runs(runs: Sequence[Run], name: Optional[str] = None) -> Run:
     ca, cb = _sweep_config(first.workdir), _sweep_config(r.workdir)
     if ca is not None and cb is not None:
       from jpq_jax.sweep.validation import (  # pylint: disable=import-outside-toplevel
-          RESUME_MAY_CHANGE, config_difference)
-      diff = config_difference(ca, cb, ignore=RESUME_MAY_CHANGE + _MERGE_FREE)
+          config_difference)
+      diff = config_difference(ca, cb, ignore=_MERGE_FREE)
       if diff is not None:
         raise ValueError(f"cannot merge {r.workdir!r} into {first.workdir!r}: their configs "
                          f"differ in {diff[0]} ({diff[1]!r} vs {diff[2]!r}; only the lambdas "
